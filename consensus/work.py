@@ -1,0 +1,357 @@
+"""The rules of proof-of-useful-work: who trains, who checks, what is checked.
+
+Assignment: when a step starts, the job's shards are dealt to the eligible
+trainers in an order drawn from the step's seed (balanced: trainer ``i`` of
+that order gets shards ``i, i + n, ...``). A shard whose trainer is slashed or
+misses its deadline moves to the eligible trainer with the fewest shards.
+
+Checking: each unit is checked by ``required_checkers`` validators ranked by
+a hash of the step seed and the unit (the trainer itself only when no other
+validator exists). Each checker replays the inner steps picked by the hash of
+its own signature over the submission id: the trainer cannot predict that
+signature and the checker cannot choose it, since Ed25519 signatures are
+deterministic.
+
+The model work itself (training, replay, aggregation) is reached only through
+the ``WorkOracle`` and ``WorkExecutor`` protocols defined here and
+implemented by the node's torch executor. This module must never import
+torch or perform I/O; it is pure functions of its arguments.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from consensus import crypto
+from consensus.types import (
+    FAILURE_MALFORMED,
+    FAILURE_NONE,
+    FAILURE_PARENT,
+    FAILURE_REPLAY,
+    FAILURE_RESULT,
+    ZERO_HASH,
+    Address,
+    ExecutionProfile,
+    Hash32,
+    JobSpec,
+    JobState,
+    SignedVerdict,
+    Signature,
+    SignedWorkSubmission,
+    Verdict,
+    WorkSubmission,
+)
+from consensus.validators import ValidatorSet
+
+
+class WorkUnavailable(Exception):
+    """The work cannot be done yet (a blob it needs is missing); not a fault of the block."""
+
+
+class InvalidWork(Exception):
+    """The work is impossible as specified (unknown model, malformed blob)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TrainedUnit:
+    """What training one unit produced; the blobs are already in the executor's store."""
+
+    checkpoint_digests: tuple[Hash32, ...]
+    result_digest: Hash32
+    losses: tuple[int, ...]
+    receipt: ExecutionProfile
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayOutput:
+    """The digest an inner step's replay produced (next checkpoint, or result when H = 1)."""
+
+    digest: Hash32
+    loss: int
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    failure: int
+    failed_step: int
+    observed_digest: Hash32
+    observed_loss: int
+
+
+PASSED = CheckResult(FAILURE_NONE, -1, ZERO_HASH, 0)
+
+
+class WorkOracle(Protocol):
+    """What the state transition needs of the model work. Deterministic for a profile."""
+
+    def initial_model_root(self, spec: JobSpec) -> Hash32:
+        """Root of the initialised model and empty optimizer state."""
+        ...
+
+    def step_outcome(self, job: JobState, results: tuple[Hash32, ...]) -> tuple[Hash32, int, int, int, int]:
+        """Aggregate the shard results of the job's current step in shard order.
+
+        Returns (new model root, train loss bits, eval loss bits, eval
+        correct, eval total). Raises ``WorkUnavailable`` when a result blob is
+        missing.
+        """
+        ...
+
+    def recheck(self, job: JobState, submission: WorkSubmission, verdict: Verdict) -> bool:
+        """Re-run the one check a failing verdict names; True when the failure is real."""
+        ...
+
+
+class WorkExecutor(WorkOracle, Protocol):
+    """The trainer's and checker's side of the model work."""
+
+    def train_unit(self, job: JobState, shard: int) -> TrainedUnit:
+        """Run the unit (job.step, shard) from the committed model state."""
+        ...
+
+    def replay_step(self, job: JobState, submission: WorkSubmission, inner: int) -> ReplayOutput:
+        """Replay one inner step from the submission's checkpoint before it."""
+        ...
+
+    def check_result(self, job: JobState, submission: WorkSubmission) -> int:
+        """Check the result blob against the final checkpoint; a ``FAILURE_*`` code."""
+        ...
+
+
+# ---------------------------------------------------------------------------
+# Identities and randomness
+
+
+def submission_id(submission: WorkSubmission) -> Hash32:
+    return crypto.hash_value(submission)
+
+
+def compute_unit_seed(step_seed: Hash32, job_id: Hash32, step: int, shard: int) -> bytes:
+    return hashlib.sha256(
+        b"TDML/unit/" + step_seed + job_id + step.to_bytes(8, "big") + shard.to_bytes(2, "big")
+    ).digest()
+
+
+def compute_sampled_steps(sample_signature: bytes, inner_steps: int, checked: int) -> tuple[int, ...]:
+    """The inner steps a checker replays: ``checked`` distinct ones, ascending.
+
+    A partial Fisher-Yates shuffle of ``range(H)`` driven by
+    SHAKE-256(b"TDML/sample/v1" || signature), 8 bytes per draw.
+    """
+    if checked >= inner_steps:
+        return tuple(range(inner_steps))
+    stream = hashlib.shake_256(b"TDML/sample/v1" + sample_signature).digest(8 * checked)
+    order = list(range(inner_steps))
+    for i in range(checked):
+        j = i + int.from_bytes(stream[8 * i : 8 * i + 8], "big") % (inner_steps - i)
+        order[i], order[j] = order[j], order[i]
+    return tuple(sorted(order[:checked]))
+
+
+# ---------------------------------------------------------------------------
+# Assignment
+
+
+def compute_assignment(
+    step_seed: Hash32, job_id: Hash32, step: int, shards: int, trainers: Sequence[Address]
+) -> tuple[Address, ...]:
+    """Deal ``shards`` to ``trainers`` in an order drawn from the step seed."""
+    if not trainers:
+        return ()
+
+    def rank(addr: Address) -> bytes:
+        return hashlib.sha256(b"TDML/assign/" + step_seed + job_id + step.to_bytes(8, "big") + addr).digest()
+
+    order = sorted(trainers, key=rank)
+    return tuple(order[k % len(order)] for k in range(shards))
+
+
+def compute_reassignment(
+    assignment: tuple[Address, ...], shard: int, eligible: Sequence[Address], step_seed: Hash32
+) -> Address | None:
+    """The trainer that takes over ``shard``: fewest shards first, then by hash.
+
+    Prefers anyone but the current holder; falls back to it when it is the
+    only eligible trainer. None when nobody is eligible.
+    """
+    if not eligible:
+        return None
+    current = assignment[shard]
+    others = [a for a in eligible if a != current] or list(eligible)
+    load = {a: 0 for a in others}
+    for holder in assignment:
+        if holder in load:
+            load[holder] += 1
+
+    def key(addr: Address) -> tuple[int, bytes]:
+        return load[addr], hashlib.sha256(b"TDML/reassign/" + step_seed + shard.to_bytes(2, "big") + addr).digest()
+
+    return min(others, key=key)
+
+
+def required_checkers(spec: JobSpec, validators: ValidatorSet) -> int:
+    """How many pass verdicts a unit needs: the policy's count, or f + 1, capped by the set size."""
+    wanted = spec.verification.checkers_per_unit or validators.max_faulty + 1
+    return max(1, min(wanted, len(validators)))
+
+
+def compute_checkers(
+    job: JobState, shard: int, trainer_key: bytes, validators: ValidatorSet
+) -> tuple[bytes, ...]:
+    """The validators designated to check the unit (job.step, shard), in rank order.
+
+    The list holds every validator but the trainer ranked by hash, so the
+    first ``required_checkers`` are the designated checkers and the rest are
+    the stand-ins that may replace a silent one.
+    """
+    seed = compute_unit_seed(job.step_seed, job.job_id, job.step, shard)
+    pool = [k for k in validators.keys if k != trainer_key] or list(validators.keys)
+    return tuple(sorted(pool, key=lambda k: hashlib.sha256(seed + k).digest()))
+
+
+# ---------------------------------------------------------------------------
+# Validation of submissions and verdicts
+
+
+class WorkRejected(ValueError):
+    """A submission or verdict breaks a rule; the message says which."""
+
+
+def validate_submission(
+    chain_id: str, job: JobState, signed: SignedWorkSubmission, *, check_signature: bool = True
+) -> None:
+    """Raise ``WorkRejected`` unless ``signed`` is a well-formed unit for the job's current step."""
+    sub = signed.submission
+    spec = job.spec
+    if sub.job != job.job_id:
+        raise WorkRejected("submission is for another job")
+    if sub.step != job.step:
+        raise WorkRejected(f"submission is for step {sub.step}, the job is at step {job.step}")
+    if not 0 <= sub.shard < spec.shards:
+        raise WorkRejected(f"shard {sub.shard} out of range")
+    if crypto.address_of(sub.trainer) != job.assignment[sub.shard]:
+        raise WorkRejected(f"trainer is not assigned shard {sub.shard}")
+    if job.accepted[sub.shard] is not None:
+        raise WorkRejected(f"shard {sub.shard} already has an accepted unit")
+    if sub.parent_model_root != job.model_root:
+        raise WorkRejected("submission is not built on the committed model state")
+    expected_checkpoints = spec.inner_steps if spec.inner_steps > 1 else 0
+    if len(sub.checkpoint_digests) != expected_checkpoints:
+        raise WorkRejected(f"expected {expected_checkpoints} checkpoint digests, got {len(sub.checkpoint_digests)}")
+    if len(sub.losses) != spec.inner_steps:
+        raise WorkRejected(f"expected {spec.inner_steps} losses, got {len(sub.losses)}")
+    if spec.verification.tolerance == "0" and sub.receipt != spec.profile:
+        raise WorkRejected("an exact-replay job needs units computed under the job's profile")
+    if check_signature and not crypto.verify_value(sub.trainer, crypto.DOMAIN_WORK, chain_id, sub, signed.signature):
+        raise WorkRejected("bad trainer signature")
+
+
+def validate_verdict(
+    chain_id: str,
+    job: JobState,
+    submission: WorkSubmission,
+    signed: SignedVerdict,
+    validators: ValidatorSet,
+    *,
+    designated: Sequence[bytes] | None = None,
+) -> None:
+    """Raise ``WorkRejected`` unless ``signed`` is a well-formed verdict on ``submission``.
+
+    With ``designated`` given, the signer must be one of them.
+    """
+    v = signed.verdict
+    if v.submission_id != submission_id(submission):
+        raise WorkRejected("verdict is about another submission")
+    if v.validator not in validators:
+        raise WorkRejected("verdict signer is not a validator")
+    if designated is not None and v.validator not in designated:
+        raise WorkRejected("verdict signer is not a designated checker of this unit")
+    if not crypto.verify(v.validator, crypto.DOMAIN_SAMPLE, chain_id, v.submission_id, v.sample_signature):
+        raise WorkRejected("bad sample signature")
+    expected = compute_sampled_steps(
+        v.sample_signature, job.spec.inner_steps, job.spec.verification.checked_steps
+    )
+    if v.checked_steps != expected:
+        raise WorkRejected("checked steps are not the ones the sample signature picks")
+    if v.failure == FAILURE_NONE:
+        if v.failed_step != -1:
+            raise WorkRejected("a passing verdict names no failed step")
+    elif v.failure == FAILURE_REPLAY:
+        if v.failed_step not in v.checked_steps:
+            raise WorkRejected("a replay failure must be at one of the checked steps")
+    elif v.failed_step != -1:
+        raise WorkRejected("only a replay failure names a step")
+    if not crypto.verify_value(v.validator, crypto.DOMAIN_VERDICT, chain_id, v, signed.signature):
+        raise WorkRejected("bad verdict signature")
+
+
+def check_unit(executor: WorkExecutor, job: JobState, submission: WorkSubmission, steps: Sequence[int]) -> CheckResult:
+    """The checker's procedure: parent state, then each sampled step, then the result.
+
+    Stops at the first failure. The same procedure, restricted to the one
+    failing check, is what ``WorkOracle.recheck`` runs for evidence.
+    """
+    if submission.parent_model_root != job.model_root:
+        return CheckResult(FAILURE_PARENT, -1, job.model_root, 0)
+    h = job.spec.inner_steps
+    for inner in steps:
+        try:
+            out = executor.replay_step(job, submission, inner)
+        except InvalidWork:
+            return CheckResult(FAILURE_MALFORMED, -1, ZERO_HASH, 0)
+        claimed = submission.result_digest if h == 1 else submission.checkpoint_digests[inner]
+        if out.digest != claimed or out.loss != submission.losses[inner]:
+            return CheckResult(FAILURE_REPLAY, inner, out.digest, out.loss)
+    if h > 1:
+        code = executor.check_result(job, submission)
+        if code != FAILURE_NONE:
+            return CheckResult(code, -1, ZERO_HASH, 0)
+    return PASSED
+
+
+def make_verdict(
+    keypair: crypto.Keypair,
+    chain_id: str,
+    job: JobState,
+    submission: WorkSubmission,
+    result: CheckResult,
+    steps: tuple[int, ...],
+    sample_signature: bytes,
+    receipt: ExecutionProfile,
+) -> SignedVerdict:
+    verdict = Verdict(
+        submission_id=submission_id(submission),
+        validator=keypair.public_key,
+        sample_signature=Signature(sample_signature),
+        checked_steps=steps,
+        failure=result.failure,
+        failed_step=result.failed_step,
+        observed_digest=result.observed_digest,
+        observed_loss=result.observed_loss,
+        receipt=receipt,
+    )
+    return SignedVerdict(verdict, keypair.sign_value(crypto.DOMAIN_VERDICT, chain_id, verdict))
+
+
+def sample_for(keypair: crypto.Keypair, chain_id: str, job: JobState, submission: WorkSubmission) -> tuple[bytes, tuple[int, ...]]:
+    """The checker's sample signature over the submission id and the steps it picks."""
+    sig = keypair.sign(crypto.DOMAIN_SAMPLE, chain_id, submission_id(submission))
+    steps = compute_sampled_steps(sig, job.spec.inner_steps, job.spec.verification.checked_steps)
+    return sig, steps
+
+
+def sign_submission(keypair: crypto.Keypair, chain_id: str, submission: WorkSubmission) -> SignedWorkSubmission:
+    return SignedWorkSubmission(submission, keypair.sign_value(crypto.DOMAIN_WORK, chain_id, submission))
+
+
+def failure_kinds() -> dict[int, str]:
+    return {
+        FAILURE_NONE: "none",
+        FAILURE_PARENT: "wrong parent state",
+        FAILURE_REPLAY: "replay mismatch",
+        FAILURE_RESULT: "result inconsistent with final checkpoint",
+        FAILURE_MALFORMED: "malformed blob",
+    }

@@ -1,0 +1,1 @@
+"""The torch executor: models, datasets, execution profile, training, replay and aggregation."""
