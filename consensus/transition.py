@@ -218,6 +218,33 @@ def validate_commit(
         raise InvalidCommit("commit lacks more than two thirds of the voting power")
 
 
+def compute_step_outcomes(
+    state: LedgerState, ctx: BlockContext, body: BlockBody, work: WorkOracle
+) -> tuple[StepOutcome, ...]:
+    """The outcomes a body must list: the steps its work completes, aggregated (for proposers)."""
+    validators = get_validator_set(state)
+    new = state.copy()
+    for tx in body.transactions:
+        _apply_transaction(new, ctx, tx, work)
+    for ev in body.evidence:
+        _apply_evidence(new, ctx, ev, validators, work)
+    _apply_work(new, ctx, body, validators)
+    outcomes = []
+    for job_id in _due_jobs(new):
+        job = new.jobs[job_id]
+        results = tuple(r for r in job.results if r is not None)
+        root, train_loss, eval_loss, correct, total = work.step_outcome(job, results)
+        outcomes.append(StepOutcome(job_id, job.step, root, train_loss, eval_loss, correct, total))
+    return tuple(outcomes)
+
+
+def _due_jobs(state: LedgerState) -> list[Hash32]:
+    return [
+        j for j in sorted(state.jobs)
+        if state.jobs[j].status == JOB_ACTIVE and state.jobs[j].accepted and all(state.jobs[j].accepted)
+    ]
+
+
 def apply_body(state: LedgerState, ctx: BlockContext, body: BlockBody, work: WorkOracle | None) -> BlockResult:
     """Execute a block body on a copy of ``state``; used to validate and to build blocks."""
     validators = get_validator_set(state)
@@ -513,10 +540,7 @@ def _apply_work(state: LedgerState, ctx: BlockContext, body: BlockBody, validato
 def _complete_steps(
     state: LedgerState, ctx: BlockContext, claimed: tuple[StepOutcome, ...], work: WorkOracle | None
 ) -> tuple[StepOutcome, ...]:
-    due = [
-        j for j in sorted(state.jobs)
-        if state.jobs[j].status == JOB_ACTIVE and state.jobs[j].accepted and all(state.jobs[j].accepted)
-    ]
+    due = _due_jobs(state)
     if len(claimed) != len(due) or any(o.job != j for o, j in zip(claimed, due, strict=False)):
         raise InvalidBlock("the block's step outcomes are not the steps it completes")
     for job_id, outcome in zip(due, claimed, strict=True):

@@ -1,0 +1,143 @@
+"""Node configuration: a TOML file in the node's home, overridden by command-line flags.
+
+A home directory holds ``config.toml``, ``genesis.bin`` (the canonical
+genesis bytes), ``node_key.json`` and ``data/`` (LevelDB). Every setting has a
+default that suits a single machine; ``tdml-node init`` writes them out so an
+operator can see and edit them.
+
+This module must never open sockets or databases; it only reads and writes
+configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from consensus.tendermint import TimeoutConfig
+
+CONFIG_FILE = "config.toml"
+GENESIS_FILE = "genesis.bin"
+KEY_FILE = "node_key.json"
+DATA_DIR = "data"
+
+
+class ConfigError(Exception):
+    """The configuration file or a flag holds a value the node cannot use."""
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    home: Path
+    rpc_host: str = "127.0.0.1"
+    rpc_port: int = 8645
+    p2p_host: str = "127.0.0.1"
+    p2p_port: int = 26656
+    external_address: str = ""
+    bootstrap: tuple[str, ...] = ()
+    dev: bool = False
+    """A throwaway development network: unencrypted keys and test-only options are allowed."""
+    block_interval_ms: int = 1000
+    """How long a proposer with nothing to include waits before proposing an empty block."""
+    partial_wait_ms: int = 2000
+    """How long a proposer waits for other trainers' units before including the ones it has."""
+    timeout_propose_ms: int = 3000
+    timeout_propose_delta_ms: int = 500
+    timeout_prevote_ms: int = 1000
+    timeout_prevote_delta_ms: int = 500
+    timeout_precommit_ms: int = 1000
+    timeout_precommit_delta_ms: int = 500
+    retain_steps: int = 8
+    """Work blobs (results, checkpoints) and model states of older steps are pruned."""
+    max_peers: int = 32
+    log_level: str = "info"
+    byzantine: tuple[str, ...] = field(default=())
+    """Test-network misbehaviours (see ``tdml-node run --help``); refused unless ``dev``."""
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / DATA_DIR
+
+    @property
+    def key_file(self) -> Path:
+        return self.home / KEY_FILE
+
+    @property
+    def genesis_file(self) -> Path:
+        return self.home / GENESIS_FILE
+
+    @property
+    def timeouts(self) -> TimeoutConfig:
+        return TimeoutConfig(
+            propose_ms=self.timeout_propose_ms,
+            propose_delta_ms=self.timeout_propose_delta_ms,
+            prevote_ms=self.timeout_prevote_ms,
+            prevote_delta_ms=self.timeout_prevote_delta_ms,
+            precommit_ms=self.timeout_precommit_ms,
+            precommit_delta_ms=self.timeout_precommit_delta_ms,
+        )
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(NodeConfig) if f.name != "home"}
+
+
+def load_config(home: Path, overrides: dict[str, Any] | None = None) -> NodeConfig:
+    """Read ``home/config.toml`` (if present) and apply non-None ``overrides``."""
+    values: dict[str, Any] = {}
+    path = home / CONFIG_FILE
+    if path.exists():
+        try:
+            raw = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read {path}: {exc}") from exc
+        for key, value in raw.items():
+            if key not in _FIELDS:
+                raise ConfigError(f"{path}: unknown setting {key!r}")
+            values[key] = value
+    for key, value in (overrides or {}).items():
+        if value is not None and value != ():
+            values[key] = value
+    for key, value in list(values.items()):
+        values[key] = _coerce(key, value)
+    return NodeConfig(home=home, **values)
+
+
+def _coerce(key: str, value: Any) -> Any:
+    default = _FIELDS[key].default
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false")
+        return value
+    if isinstance(default, int):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ConfigError(f"{key} must be a non-negative integer")
+        return value
+    if isinstance(default, tuple):
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key} must be a list of strings")
+        return tuple(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"{key} must be a string")
+    return value
+
+
+def write_config(config: NodeConfig) -> None:
+    lines = ["# tdml-node configuration; flags given to `tdml-node run` override these.", ""]
+    for name in _FIELDS:
+        value = getattr(config, name)
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, int):
+            text = str(value)
+        elif isinstance(value, tuple):
+            text = "[" + ", ".join(f'"{v}"' for v in value) + "]"
+        else:
+            text = f'"{value}"'
+        lines.append(f"{name} = {text}")
+    config.home.mkdir(parents=True, exist_ok=True)
+    (config.home / CONFIG_FILE).write_text("\n".join(lines) + "\n")

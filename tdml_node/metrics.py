@@ -1,0 +1,41 @@
+"""Prometheus metrics of one node, served at ``/metrics`` by the RPC server.
+
+Each node owns its registry, so several nodes in one process (tests) do not
+share counters. This module must never change what the node does.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from consensus.types import Block, StepOutcome
+
+
+class NodeMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.height = Gauge("tdml_height", "Last committed height", registry=r)
+        self.blocks = Counter("tdml_blocks_committed", "Blocks committed by this node", registry=r)
+        self.commit_seconds = Histogram(
+            "tdml_commit_seconds", "Time to write a committed block", registry=r,
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5),
+        )
+        self.transactions = Counter("tdml_transactions_committed", "Transactions in committed blocks", registry=r)
+        self.units_committed = Counter("tdml_units_committed", "Work units in committed blocks", registry=r)
+        self.steps_completed = Counter("tdml_steps_completed", "Training steps completed", registry=r)
+        self.units_trained = Counter("tdml_units_trained", "Work units this node trained", registry=r)
+        self.units_checked = Counter("tdml_units_checked", "Work units this node replayed", registry=r)
+        self.units_failed = Counter("tdml_units_failed", "Work units that failed this node's replay", registry=r)
+        self.peers = Gauge("tdml_peers", "Connected peers", registry=r)
+
+    def observe_commit(self, seconds: float, block: Block, completed: tuple[StepOutcome, ...]) -> None:
+        self.height.set(block.header.height)
+        self.blocks.inc()
+        self.commit_seconds.observe(seconds)
+        self.transactions.inc(len(block.body.transactions))
+        self.units_committed.inc(len(block.body.submissions))
+        self.steps_completed.inc(len(completed))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

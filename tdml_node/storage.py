@@ -1,0 +1,234 @@
+"""The node's LevelDB store: blocks, commits, ledger state, blobs, indexes.
+
+Layout (keys are a one-byte prefix and a fixed-width suffix):
+
+- ``b`` + height (8 bytes BE) → block bytes
+- ``c`` + height → commit certificate bytes
+- ``h`` + block hash → height
+- ``w`` + submission id → height of the block that includes or judges it
+- ``o`` + job id + step (8 bytes BE) → the step's outcome (loss, evaluation)
+- ``x`` + digest → blob bytes (content-addressed)
+- ``m`` + name → metadata: ``tip`` (height + hash), ``state`` (snapshot),
+  ``genesis`` (genesis bytes), ``privval`` (last signed height/round/step)
+
+``commit_block`` writes a block, its commit, the ledger state after it, its
+indexes and the blobs it makes part of the state in ONE write batch with
+``sync=True``: after a crash the store holds either all of a block or none of
+it, and a restart resumes at the last committed height.
+
+This module must never interpret blocks beyond reading the fields it indexes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import plyvel
+
+from consensus.codec import decode_as, encode
+from consensus.crypto import sha256
+from consensus.state import LedgerState
+from consensus.transition import compute_block_hash
+from consensus.types import (
+    Block,
+    CommitCertificate,
+    FalseVerdict,
+    Genesis,
+    Hash32,
+    Height,
+    StepOutcome,
+    WorkFraud,
+)
+from consensus.work import submission_id
+
+MAX_BLOCK_BYTES = 64 * 1024 * 1024
+
+
+class StorageError(Exception):
+    """The database cannot be opened or written (full disk, permissions, corruption)."""
+
+
+def _h(height: int) -> bytes:
+    return height.to_bytes(8, "big")
+
+
+@dataclass(frozen=True, slots=True)
+class Tip:
+    height: Height
+    block_hash: Hash32
+
+
+class ChainStore:
+    """Blocks, commits, state and blobs of one node in one LevelDB."""
+
+    def __init__(self, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = plyvel.DB(str(path), create_if_missing=True)
+        except (plyvel.Error, OSError) as exc:
+            raise StorageError(f"cannot open the database at {path}: {exc}") from exc
+        self._lock = threading.Lock()
+        self.path = path
+
+    def close(self) -> None:
+        if not self._db.closed:
+            self._db.close()
+
+    # ------------------------------------------------------------ genesis
+
+    def get_genesis(self) -> Genesis | None:
+        raw = self._db.get(b"mgenesis")
+        return decode_as(raw, Genesis) if raw is not None else None
+
+    def init_genesis(self, genesis: Genesis, state: LedgerState) -> None:
+        with self._write() as wb:
+            wb.put(b"mgenesis", encode(genesis))
+            wb.put(b"mstate", state.encode())
+            wb.put(b"mtip", _h(0) + state.tip_hash)
+
+    # -------------------------------------------------------------- blocks
+
+    def tip(self) -> Tip | None:
+        raw = self._db.get(b"mtip")
+        if raw is None:
+            return None
+        return Tip(Height(int.from_bytes(raw[:8], "big")), Hash32(raw[8:]))
+
+    def load_state(self) -> LedgerState | None:
+        tip = self.tip()
+        raw = self._db.get(b"mstate")
+        if tip is None or raw is None:
+            return None
+        return LedgerState.decode(raw, tip.block_hash)
+
+    def commit_block(
+        self, block: Block, cert: CommitCertificate, state: LedgerState, blobs: Iterable[bytes] = ()
+    ) -> None:
+        """Atomically and durably record a committed block and the state after it."""
+        height = block.header.height
+        block_hash = compute_block_hash(block.header)
+        with self._write() as wb:
+            wb.put(b"b" + _h(height), encode(block))
+            wb.put(b"c" + _h(height), encode(cert))
+            wb.put(b"h" + block_hash, _h(height))
+            for signed in block.body.submissions:
+                wb.put(b"w" + submission_id(signed.submission), _h(height))
+            for ev in block.body.evidence:
+                if isinstance(ev, WorkFraud | FalseVerdict):
+                    wb.put(b"w" + submission_id(ev.submission.submission), _h(height))
+            for outcome in block.body.outcomes:
+                wb.put(b"o" + outcome.job + _h(outcome.step), encode(outcome))
+            for data in blobs:
+                wb.put(b"x" + sha256(data), data)
+            wb.put(b"mstate", state.encode())
+            wb.put(b"mtip", _h(height) + block_hash)
+
+    def get_block(self, height: int) -> Block | None:
+        raw = self._db.get(b"b" + _h(height))
+        return decode_as(raw, Block, max_size=MAX_BLOCK_BYTES) if raw is not None else None
+
+    def get_block_bytes(self, height: int) -> bytes | None:
+        raw: bytes | None = self._db.get(b"b" + _h(height))
+        return raw
+
+    def get_commit(self, height: int) -> CommitCertificate | None:
+        raw = self._db.get(b"c" + _h(height))
+        return decode_as(raw, CommitCertificate) if raw is not None else None
+
+    def get_height_of(self, block_hash: bytes) -> Height | None:
+        raw = self._db.get(b"h" + block_hash)
+        return Height(int.from_bytes(raw, "big")) if raw is not None else None
+
+    def get_work_height(self, sid: bytes) -> Height | None:
+        raw = self._db.get(b"w" + sid)
+        return Height(int.from_bytes(raw, "big")) if raw is not None else None
+
+    def get_outcomes(self, job_id: Hash32, *, limit: int) -> list[StepOutcome]:
+        """The job's most recent step outcomes, oldest first."""
+        found = []
+        for _, raw in self._db.iterator(prefix=b"o" + job_id, reverse=True):
+            found.append(decode_as(raw, StepOutcome))
+            if len(found) >= limit:
+                break
+        return found[::-1]
+
+    def get_last_eval(self, job_id: Hash32, before_step: int, eval_every: int) -> StepOutcome | None:
+        """The latest outcome before ``before_step`` that carries an evaluation."""
+        if eval_every <= 0:
+            return None
+        for _, raw in self._db.iterator(start=b"o" + job_id, stop=b"o" + job_id + _h(before_step), reverse=True):
+            outcome = decode_as(raw, StepOutcome)
+            if outcome.eval_total:
+                return outcome
+        return None
+
+    # --------------------------------------------------------------- blobs
+
+    def get(self, digest: Hash32) -> bytes | None:
+        raw: bytes | None = self._db.get(b"x" + digest)
+        return raw
+
+    def put(self, data: bytes) -> Hash32:
+        digest = sha256(data)
+        try:
+            self._db.put(b"x" + digest, data)
+        except plyvel.Error as exc:
+            raise StorageError(f"cannot write a blob: {exc}") from exc
+        return digest
+
+    def has(self, digest: Hash32) -> bool:
+        return self._db.get(b"x" + digest) is not None
+
+    def delete_blobs(self, digests: Iterable[Hash32]) -> None:
+        with self._write(sync=False) as wb:
+            for d in digests:
+                wb.delete(b"x" + d)
+
+    def iter_blob_digests(self) -> Iterator[Hash32]:
+        for key in self._db.iterator(prefix=b"x", include_value=False):
+            yield Hash32(key[1:])
+
+    # ---------------------------------------------------------------- meta
+
+    def get_meta(self, name: bytes) -> bytes | None:
+        raw: bytes | None = self._db.get(b"m" + name)
+        return raw
+
+    def put_meta_synced(self, name: bytes, value: bytes) -> None:
+        try:
+            self._db.put(b"m" + name, value, sync=True)
+        except plyvel.Error as exc:
+            raise StorageError(f"cannot write {name!r}: {exc}") from exc
+
+    # ------------------------------------------------------------- helpers
+
+    def _write(self, sync: bool = True) -> _Batch:
+        return _Batch(self, sync)
+
+
+class _Batch:
+    """A write batch that raises ``StorageError`` instead of plyvel's errors."""
+
+    def __init__(self, store: ChainStore, sync: bool) -> None:
+        self._store = store
+        self._sync = sync
+
+    def __enter__(self) -> plyvel.WriteBatch:
+        self._store._lock.acquire()
+        self._wb = self._store._db.write_batch(sync=self._sync)
+        return self._wb
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        try:
+            if exc_type is None:
+                try:
+                    self._wb.write()
+                except (plyvel.Error, OSError) as err:
+                    raise StorageError(f"cannot write to the database at {self._store.path}: {err}") from err
+            else:
+                self._wb.clear()
+        finally:
+            self._store._lock.release()

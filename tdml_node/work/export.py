@@ -1,0 +1,70 @@
+"""Model export: a committed model state as a safetensors file that plain PyTorch loads.
+
+The file holds the model's ``state_dict`` (parameter names without the
+bundle's ``param/`` prefix; optimizer state is left out) and string metadata:
+the registry model name, its arguments as JSON, the job name, the model root
+and the dtype. ``load_exported`` rebuilds the registry model from that
+metadata and loads the weights strictly.
+
+This module must never write or read pickles: safetensors holds tensors and
+strings only, so loading an exported model runs no code from the file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from consensus.types import JobSpec
+from tdml_node.work.models import build_model, make_model_spec, model_args
+from tdml_node.work.state import PARAM_PREFIX
+from tdml_node.work.tensors import DTYPES, bundle_digest, decode_bundle, dtype_name
+
+
+def export_model(spec: JobSpec, state_bundle: bytes, path: str | Path) -> dict[str, str]:
+    """Write the parameters of a model state bundle to ``path``; the metadata written."""
+    tensors = decode_bundle(state_bundle)
+    weights = {name[len(PARAM_PREFIX) :]: t for name, t in tensors.items() if name.startswith(PARAM_PREFIX)}
+    if not weights:
+        raise ValueError("the state bundle holds no parameters")
+    dtypes = {t.dtype for t in weights.values()}
+    if len(dtypes) != 1:
+        raise ValueError("an exported model has one dtype")
+    # Check the weights against the registry model before writing a file nobody could load.
+    model = build_model(spec.model, seed=spec.seed, dtype=dtypes.pop())
+    model.load_state_dict(weights, strict=True)
+    metadata = {
+        "format": "tdml-model/v1",
+        "model": spec.model.name,
+        "args": json.dumps(model_args(spec.model), sort_keys=True),
+        "job": spec.name,
+        "model_root": bundle_digest(state_bundle).hex(),
+        "dtype": dtype_name(next(iter(weights.values())).dtype),
+    }
+    save_file(weights, str(path), metadata=metadata)
+    return metadata
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    with safe_open(str(path), framework="pt") as f:
+        meta: dict[str, str] = f.metadata() or {}
+    return meta
+
+
+def load_exported(path: str | Path) -> tuple[nn.Module, dict[str, str]]:
+    """The registry model with the exported weights (in eval mode), and the file's metadata."""
+    metadata = read_metadata(path)
+    try:
+        args = json.loads(metadata["args"])
+        spec = make_model_spec(metadata["model"], **{str(k): int(v) for k, v in args.items()})
+        dtype = DTYPES[metadata["dtype"]]
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{path} is not an exported TDML model: {exc}") from exc
+    model = build_model(spec, seed=0, dtype=dtype)
+    model.load_state_dict(load_file(str(path)), strict=True)
+    model.eval()
+    return model, metadata

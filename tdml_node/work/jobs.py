@@ -1,0 +1,192 @@
+"""Named job presets: a ``JobSpec`` and its dataset bytes, ready to submit or to run as a reference.
+
+``digits-mlp`` is the default and the benchmarks' workload W (digits, MLP
+64-128-128-10, SGD lr 0.05 momentum 0.9, global batch 256 over 4 shards, 300
+steps). ``digits-mlp-local`` does the same amount of work as local SGD
+(H = 4 inner steps, 75 outer steps, Nesterov outer SGD). ``digits-cnn`` and
+``synthetic-mlp`` vary the model and the data; ``chars-transformer`` trains a
+small character-level transformer on a text file.
+
+Every preset uses this process's deterministic profile (float32, one
+thread, CPU, this torch version), so the reference run and the devnet of the
+same machine agree bit for bit.
+
+This module must never build a spec that ``consensus.transition.validate_job_spec``
+would refuse: arguments sorted by name, decimals as text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
+
+from consensus.crypto import sha256
+from consensus.types import (
+    Amount,
+    Decimal,
+    DecimalArg,
+    JobSpec,
+    ModelSpec,
+    OptimizerSpec,
+    ScheduleSpec,
+    VerificationPolicy,
+)
+from tdml_node.work.datasets import char_corpus_bundle, digits_bundle, synthetic_bundle
+from tdml_node.work.models import make_model_spec
+from tdml_node.work.profile import local_profile
+from tdml_node.work.tensors import decode_bundle
+
+DEFAULT_JOB = "digits-mlp"
+
+
+def optimizer_spec(name: str, **params: str) -> OptimizerSpec:
+    """An optimizer spec with its hyperparameters in the canonical (sorted) order."""
+    return OptimizerSpec(name=name, params=tuple(DecimalArg(k, Decimal(v)) for k, v in sorted(params.items())))
+
+
+CONSTANT = ScheduleSpec(name="constant", warmup_steps=0, final_fraction=Decimal("1"))
+EXACT = VerificationPolicy(checked_steps=1, checkers_per_unit=0, tolerance=Decimal("0"), unit_timeout_blocks=20)
+
+
+def make_job(
+    name: str,
+    *,
+    dataset: bytes,
+    model: ModelSpec,
+    optimizer: OptimizerSpec,
+    task: str = "classification",
+    seq_len: int = 0,
+    outer_optimizer: OptimizerSpec | None = None,
+    schedule: ScheduleSpec = CONSTANT,
+    global_batch: int = 256,
+    shards: int = 4,
+    inner_steps: int = 1,
+    steps: int = 300,
+    seed: int = 0,
+    eval_every: int = 10,
+    verification: VerificationPolicy = EXACT,
+) -> JobSpec:
+    """A job spec with the presets' defaults (local profile, exact verification, rewards 10 and 2)."""
+    return JobSpec(
+        name=name,
+        task=task,
+        model=model,
+        dataset=sha256(dataset),
+        seq_len=seq_len,
+        loss="cross_entropy",
+        optimizer=optimizer,
+        outer_optimizer=outer_optimizer,
+        schedule=schedule,
+        global_batch=global_batch,
+        shards=shards,
+        inner_steps=inner_steps,
+        steps=steps,
+        seed=seed,
+        eval_every=eval_every,
+        profile=local_profile(),
+        verification=verification,
+        reward_per_unit=Amount(10),
+        reward_per_verdict=Amount(2),
+    )
+
+
+@lru_cache(maxsize=1)
+def _digits() -> bytes:
+    return digits_bundle()
+
+
+@lru_cache(maxsize=1)
+def _synthetic() -> bytes:
+    return synthetic_bundle()
+
+
+def _digits_mlp(text_path: Path | None) -> tuple[JobSpec, bytes]:
+    data = _digits()
+    return make_job(
+        "digits-mlp",
+        dataset=data,
+        model=make_model_spec("mlp", in_dim=64, hidden=128, layers=2, classes=10),
+        optimizer=optimizer_spec("sgd", lr="0.05", momentum="0.9"),
+    ), data
+
+
+def _digits_mlp_local(text_path: Path | None) -> tuple[JobSpec, bytes]:
+    data = _digits()
+    return make_job(
+        "digits-mlp-local",
+        dataset=data,
+        model=make_model_spec("mlp", in_dim=64, hidden=128, layers=2, classes=10),
+        optimizer=optimizer_spec("sgd", lr="0.05"),
+        outer_optimizer=optimizer_spec("sgd", lr="0.7", momentum="0.9", nesterov="1"),
+        inner_steps=4,
+        steps=75,
+        eval_every=5,
+    ), data
+
+
+def _digits_cnn(text_path: Path | None) -> tuple[JobSpec, bytes]:
+    data = _digits()
+    return make_job(
+        "digits-cnn",
+        dataset=data,
+        model=make_model_spec("cnn", side=8, channels=16, classes=10),
+        optimizer=optimizer_spec("sgd", lr="0.05", momentum="0.9"),
+    ), data
+
+
+def _synthetic_mlp(text_path: Path | None) -> tuple[JobSpec, bytes]:
+    data = _synthetic()
+    return make_job(
+        "synthetic-mlp",
+        dataset=data,
+        model=make_model_spec("mlp", in_dim=32, hidden=64, layers=2, classes=4),
+        optimizer=optimizer_spec("sgd", lr="0.05", momentum="0.9"),
+        steps=200,
+    ), data
+
+
+def _chars_transformer(text_path: Path | None) -> tuple[JobSpec, bytes]:
+    if text_path is None:
+        raise ValueError("the chars-transformer job needs a text file (text_path)")
+    data = char_corpus_bundle(Path(text_path).read_text(encoding="utf-8"))
+    vocab = int(decode_bundle(data)["vocab"].shape[0])
+    return make_job(
+        "chars-transformer",
+        dataset=data,
+        task="char_lm",
+        seq_len=64,
+        model=make_model_spec("char_transformer", vocab=vocab, ctx=64, d_model=64, n_layer=2, n_head=4),
+        optimizer=optimizer_spec("adamw", lr="0.003", weight_decay="0.01"),
+        schedule=ScheduleSpec(name="linear", warmup_steps=20, final_fraction=Decimal("0.1")),
+        global_batch=32,
+        steps=300,
+        eval_every=25,
+    ), data
+
+
+_PRESETS: dict[str, Callable[[Path | None], tuple[JobSpec, bytes]]] = {
+    "digits-mlp": _digits_mlp,
+    "digits-mlp-local": _digits_mlp_local,
+    "digits-cnn": _digits_cnn,
+    "synthetic-mlp": _synthetic_mlp,
+    "chars-transformer": _chars_transformer,
+}
+
+
+def job_names() -> tuple[str, ...]:
+    return tuple(_PRESETS)
+
+
+def get_job(name: str = DEFAULT_JOB, *, steps: int | None = None, text_path: str | Path | None = None) -> tuple[JobSpec, bytes]:
+    """The preset's spec (with ``steps`` replacing its step count when given) and dataset bytes."""
+    build = _PRESETS.get(name)
+    if build is None:
+        raise ValueError(f"unknown job {name!r}; presets: {', '.join(job_names())}")
+    spec, data = build(Path(text_path) if text_path is not None else None)
+    if steps is not None:
+        if steps < 1:
+            raise ValueError("a job needs at least one step")
+        spec = dataclasses.replace(spec, steps=steps)
+    return spec, data

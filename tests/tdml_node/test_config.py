@@ -1,0 +1,34 @@
+"""Configuration: file plus flags, strict types, unknown keys refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tdml_node.config import ConfigError, NodeConfig, load_config, write_config
+
+
+def test_defaults_file_and_flags(tmp_path: Path) -> None:
+    assert load_config(tmp_path).rpc_host == "127.0.0.1"
+    write_config(NodeConfig(home=tmp_path, rpc_port=9000, bootstrap=("a:1", "b:2"), dev=True))
+    cfg = load_config(tmp_path)
+    assert (cfg.rpc_port, cfg.bootstrap, cfg.dev) == (9000, ("a:1", "b:2"), True)
+    cfg = load_config(tmp_path, {"rpc_port": 9100, "bootstrap": (), "dev": None})
+    assert (cfg.rpc_port, cfg.bootstrap, cfg.dev) == (9100, ("a:1", "b:2"), True)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('nonsense = 1\n', "unknown setting"),
+        ('rpc_port = "x"\n', "integer"),
+        ('dev = 1\n', "true or false"),
+        ('rpc_port = = 3\n', "cannot read"),
+        ('bootstrap = [1]\n', "list of strings"),
+    ],
+)
+def test_bad_config_is_a_clear_error(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "config.toml").write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(tmp_path)
