@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from nacl.exceptions import BadSignatureError
@@ -92,8 +93,16 @@ class Keypair:
 
 def verify(public_key: PublicKey, kind: bytes, chain_id: str, payload: bytes, signature: Signature) -> bool:
     """True when ``signature`` is ``public_key``'s over ``payload`` in this domain."""
+    return _verify_signed(bytes(public_key), signing_bytes(kind, chain_id, payload), bytes(signature))
+
+
+@lru_cache(maxsize=16384)
+def _verify_signed(public_key: bytes, message: bytes, signature: bytes) -> bool:
+    # A node checks the same submission, verdict or vote several times (on
+    # arrival, when building a block, when validating it); the answer is a
+    # pure function of these bytes, so it is remembered.
     try:
-        VerifyKey(bytes(public_key)).verify(signing_bytes(kind, chain_id, payload), bytes(signature))
+        VerifyKey(public_key).verify(message, signature)
     except (BadSignatureError, ValueError, TypeError):
         return False
     return True

@@ -55,6 +55,15 @@ STEP_NAMES = {STEP_PROPOSE: "propose", STEP_PREVOTE: "prevote", STEP_PRECOMMIT: 
 
 MAX_ROUND_AHEAD = 64
 MAX_BUFFERED = 4096
+MAX_VOTES_PER_SIGNER = 4
+"""Distinct votes of one validator kept per round and kind.
+
+An honest validator casts one. An equivocator's votes each count for the
+value they name, as the paper counts messages: another node may have locked
+on one of them, and unless that vote counts here too, that node's proof of
+lock can never be reproduced and the height never ends. The cap keeps a
+spamming equivocator from exhausting memory; its equivocation is reported.
+"""
 
 # ---------------------------------------------------------------------------
 # Inputs
@@ -171,8 +180,9 @@ class TimeoutConfig:
 
 @dataclass
 class _RoundVotes:
-    prevotes: dict[bytes, SignedVote] = field(default_factory=dict)
-    precommits: dict[bytes, SignedVote] = field(default_factory=dict)
+    # Keyed by (validator, block hash): one entry per value a validator voted for.
+    prevotes: dict[tuple[bytes, Hash32 | None], SignedVote] = field(default_factory=dict)
+    precommits: dict[tuple[bytes, Hash32 | None], SignedVote] = field(default_factory=dict)
 
 
 class TendermintCore:
@@ -288,18 +298,26 @@ class TendermintCore:
             return
         book = self.votes.setdefault(v.round, _RoundVotes())
         slot = book.prevotes if v.kind == PREVOTE else book.precommits
-        prior = slot.get(v.validator)
-        if prior is None:
-            slot[v.validator] = signed
-        elif prior.vote != v:
-            out.append(EvidenceFound(Equivocation(prior, signed)))
+        if (v.validator, v.block_hash) in slot:
+            return  # a duplicate
+        prior = [sv for (k, _), sv in slot.items() if k == v.validator]
+        if prior:
+            out.append(EvidenceFound(Equivocation(prior[0], signed)))
+            if len(prior) >= MAX_VOTES_PER_SIGNER:
+                return
+        slot[(v.validator, v.block_hash)] = signed
 
     def _on_value(self, event: ValueReady, out: list[Action]) -> None:
         # L18-L19, completed asynchronously: getValue() returned.
         if (event.height, event.round) != (self.height, self.round) or self._proposed_round == self.round:
             return
-        if self.decided is not None or not self.is_proposer:
+        if self.step != STEP_PROPOSE:
+            # The propose timeout (L57) fired first and we prevoted already: a
+            # proposal now would be signed at an earlier step than our prevote,
+            # which the privval rightly refuses, and nobody would still use it.
             return
+        if self.decided is not None or not self.is_proposer or self.round in self.proposals:
+            return  # our proposal of this round is already known (e.g. replayed after a restart)
         block_hash = compute_block_hash(event.block.header)
         self.validity[block_hash] = True
         self._propose(event.block, -1, out)
@@ -417,8 +435,7 @@ class TendermintCore:
         book = self.votes[r].precommits
         sigs = tuple(
             CommitSig(sv.vote.validator, sv.signature)
-            for _, sv in sorted(book.items())
-            if sv.vote.block_hash == vid
+            for sv in sorted((sv for (_, h), sv in book.items() if h == vid), key=lambda sv: sv.vote.validator)
         )
         self.decided = block
         out.append(Decide(self.height, Round(r), block, CommitCertificate(self.height, Round(r), vid, sigs)))
@@ -436,7 +453,7 @@ class TendermintCore:
         if book is None:
             return False
         slot = book.prevotes if kind == PREVOTE else book.precommits
-        power = sum(self.validators.power_of(k) for k, sv in slot.items() if sv.vote.block_hash == block_hash)
+        power = sum(self.validators.power_of(k) for k, h in slot if h == block_hash)
         return self.validators.is_quorum(power)
 
     def _power_any(self, r: int, kind: int) -> bool:
@@ -444,7 +461,7 @@ class TendermintCore:
         if book is None:
             return False
         slot = book.prevotes if kind == PREVOTE else book.precommits
-        return self.validators.is_quorum(self.validators.power_of_all(slot))
+        return self.validators.is_quorum(self.validators.power_of_all(k for k, _ in slot))
 
     def _rounds_seen(self) -> set[int]:
         return set(self.votes) | set(self.proposals)
@@ -453,8 +470,8 @@ class TendermintCore:
         senders: set[bytes] = set()
         book = self.votes.get(r)
         if book is not None:
-            senders.update(book.prevotes)
-            senders.update(book.precommits)
+            senders.update(k for k, _ in book.prevotes)
+            senders.update(k for k, _ in book.precommits)
         if r in self.proposals:
             senders.add(self.proposals[r].proposal.proposer)
         return self.validators.power_of_all(senders)

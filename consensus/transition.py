@@ -218,26 +218,6 @@ def validate_commit(
         raise InvalidCommit("commit lacks more than two thirds of the voting power")
 
 
-def compute_step_outcomes(
-    state: LedgerState, ctx: BlockContext, body: BlockBody, work: WorkOracle
-) -> tuple[StepOutcome, ...]:
-    """The outcomes a body must list: the steps its work completes, aggregated (for proposers)."""
-    validators = get_validator_set(state)
-    new = state.copy()
-    for tx in body.transactions:
-        _apply_transaction(new, ctx, tx, work)
-    for ev in body.evidence:
-        _apply_evidence(new, ctx, ev, validators, work)
-    _apply_work(new, ctx, body, validators)
-    outcomes = []
-    for job_id in _due_jobs(new):
-        job = new.jobs[job_id]
-        results = tuple(r for r in job.results if r is not None)
-        root, train_loss, eval_loss, correct, total = work.step_outcome(job, results)
-        outcomes.append(StepOutcome(job_id, job.step, root, train_loss, eval_loss, correct, total))
-    return tuple(outcomes)
-
-
 def _due_jobs(state: LedgerState) -> list[Hash32]:
     return [
         j for j in sorted(state.jobs)
@@ -245,8 +225,16 @@ def _due_jobs(state: LedgerState) -> list[Hash32]:
     ]
 
 
-def apply_body(state: LedgerState, ctx: BlockContext, body: BlockBody, work: WorkOracle | None) -> BlockResult:
-    """Execute a block body on a copy of ``state``; used to validate and to build blocks."""
+def apply_body(
+    state: LedgerState, ctx: BlockContext, body: BlockBody, work: WorkOracle | None, *, propose: bool = False
+) -> BlockResult:
+    """Execute a block body on a copy of ``state``; used to validate and to build blocks.
+
+    With ``propose`` the body's outcomes are ignored and computed instead
+    (``BlockResult.completed``), which is how a proposer fills them in.
+    """
+    if propose and work is None:
+        raise ValueError("a proposer needs the work oracle to compute outcomes")
     validators = get_validator_set(state)
     new = state.copy()
     for tx in body.transactions:
@@ -254,7 +242,7 @@ def apply_body(state: LedgerState, ctx: BlockContext, body: BlockBody, work: Wor
     for ev in body.evidence:
         _apply_evidence(new, ctx, ev, validators, work)
     _apply_work(new, ctx, body, validators)
-    completed = _complete_steps(new, ctx, body.outcomes, work)
+    completed = _complete_steps(new, ctx, None if propose else body.outcomes, work)
     _apply_deadlines(new, ctx)
     final = dataclasses.replace(new, height=ctx.height, last_validators=validators.entries)
     return BlockResult(final, completed)
@@ -538,21 +526,29 @@ def _apply_work(state: LedgerState, ctx: BlockContext, body: BlockBody, validato
 
 
 def _complete_steps(
-    state: LedgerState, ctx: BlockContext, claimed: tuple[StepOutcome, ...], work: WorkOracle | None
+    state: LedgerState, ctx: BlockContext, claimed: tuple[StepOutcome, ...] | None, work: WorkOracle | None
 ) -> tuple[StepOutcome, ...]:
+    """Advance every job whose shards are all accepted; ``claimed=None`` computes the outcomes."""
     due = _due_jobs(state)
-    if len(claimed) != len(due) or any(o.job != j for o, j in zip(claimed, due, strict=False)):
+    if claimed is not None and (
+        len(claimed) != len(due) or any(o.job != j for o, j in zip(claimed, due, strict=False))
+    ):
         raise InvalidBlock("the block's step outcomes are not the steps it completes")
-    for job_id, outcome in zip(due, claimed, strict=True):
+    outcomes: list[StepOutcome] = []
+    for index, job_id in enumerate(due):
         job = state.jobs[job_id]
-        if outcome.step != job.step:
+        outcome = claimed[index] if claimed is not None else None
+        if outcome is not None and outcome.step != job.step:
             raise InvalidBlock("step outcome is for another step")
         if work is not None:
             results = tuple(r for r in job.results if r is not None)
             root, train_loss, eval_loss, correct, total = work.step_outcome(job, results)
             expected = StepOutcome(job_id, job.step, root, train_loss, eval_loss, correct, total)
-            if expected != outcome:
+            if outcome is not None and expected != outcome:
                 raise InvalidBlock(f"step outcome of job {job_id.hex()[:12]} does not match aggregation")
+            outcome = expected
+        assert outcome is not None
+        outcomes.append(outcome)
         job = dataclasses.replace(job, step=job.step + 1, model_root=outcome.model_root, last_outcome=outcome)
         if job.step >= job.spec.steps:
             job = dataclasses.replace(
@@ -565,7 +561,7 @@ def _complete_steps(
                 state.jobs[job_id] = dataclasses.replace(job, escrow=Amount(0))
         else:
             state.jobs[job_id] = _start_step(state, job, ctx)
-    return claimed
+    return tuple(outcomes)
 
 
 # ---------------------------------------------------------------------------

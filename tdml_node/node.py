@@ -27,7 +27,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,7 +61,6 @@ from consensus.transition import (
     compute_block_hash,
     compute_body_hash,
     compute_genesis_hash,
-    compute_step_outcomes,
     make_genesis_state,
 )
 from consensus.types import (
@@ -109,6 +108,8 @@ from tdml_node.work.executor import TorchExecutor
 from tdml_node.workqueue import PRIORITY_CHECK, PRIORITY_CONSENSUS, PRIORITY_TRAIN, WorkQueue
 
 log = logging.getLogger("tdml.node")
+
+RETRY_SECONDS = 0.5
 
 GossipMessage = SignedProposal | SignedVote | SignedTransaction | SignedWorkSubmission | SignedVerdict
 
@@ -209,6 +210,10 @@ class Node:
         loop_task = asyncio.create_task(self._consensus_loop(), name="consensus")
         stop_task = asyncio.create_task(self._stop.wait(), name="stop")
         try:
+            # torch loads much of itself on the first use of its determinism
+            # switches; pay that before the first unit rather than during it.
+            self._spawn(self._warm_up(), "warm-up")
+            self._spawn(self._retry_loop(), "retry")
             self._schedule_work()
             done, _ = await asyncio.wait({loop_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
             if loop_task in done and loop_task.exception() is not None:
@@ -223,9 +228,11 @@ class Node:
                 handle.cancel()
             self.worker.close()
 
-    def _spawn(self, coro: Awaitable[Any], name: str) -> None:
-        task = asyncio.ensure_future(coro)
-        task.set_name(name)
+    async def _warm_up(self) -> None:
+        await self.worker.submit(PRIORITY_TRAIN, self.executor.warm_up)
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 
@@ -243,7 +250,15 @@ class Node:
     # ------------------------------------------------------ consensus loop
 
     async def _consensus_loop(self) -> None:
-        await self._apply_consensus(StartHeight(Height(self.state.height + 1), get_validator_set(self.state)))
+        height = Height(self.state.height + 1)
+        await self._apply_consensus(StartHeight(height, get_validator_set(self.state)))
+        # Resume the height where a previous run of this node stopped: its own
+        # signed proposal and votes are the write-ahead log.
+        for signed in self.privval.replay(height):
+            if isinstance(signed, SignedProposal):
+                await self._apply_consensus(ProposalReceived(signed))
+            else:
+                await self._apply_consensus(VoteReceived(signed))
         while True:
             event = await self.inbox.get()
             await self._apply_consensus(event)
@@ -337,15 +352,14 @@ class Node:
     def _own_work_pending(
         self, state: LedgerState, validators: ValidatorSet, open_units: list[tuple[JobState, int]]
     ) -> bool:
-        """Units this node must still train or check before the step can complete."""
+        """Whether this node is still training or checking a unit of a step in progress."""
+        open_keys = {(job.job_id, job.step, shard) for job, shard in open_units}
+        if open_keys & self._training:
+            return True
         me = self.keypair.public_key
-        for job, shard in open_units:
-            entry = self.workpool.unit_for(job.job_id, job.step, shard)
-            if entry is None:
-                if job.assignment[shard] == self.address and self._can_train(job):
-                    return True
-                continue
-            if me in validators and me not in entry.verdicts and self._is_designated(job, entry.signed.submission, validators):
+        for sid in self._checking:
+            entry = self.workpool.get(sid)
+            if entry is not None and me not in entry.verdicts:
                 return True
         return False
 
@@ -378,8 +392,8 @@ class Node:
                 last_commit=last_commit,
             )
             try:
-                body = dataclasses.replace(body, outcomes=compute_step_outcomes(state, ctx, body, self.executor))
-                result = apply_body(state, ctx, body, self.executor)
+                result = apply_body(state, ctx, body, self.executor, propose=True)
+                body = dataclasses.replace(body, outcomes=result.completed)
             except (InvalidBlock, WorkUnavailable, InvalidWork) as exc:
                 log.warning("dropping part of a block proposal: %s", exc)
                 continue
@@ -506,6 +520,26 @@ class Node:
         ranked = compute_checkers(job, sub.shard, sub.trainer, validators)
         return self.keypair.public_key in ranked[:need]
 
+    async def _retry_loop(self) -> None:
+        """Pick up work that could not start earlier (a blob was missing, a check was dropped)."""
+        while True:
+            await asyncio.sleep(RETRY_SECONDS)
+            self._schedule_work()
+            self._schedule_checks()
+
+    def _schedule_checks(self) -> None:
+        validators = get_validator_set(self.state)
+        me = self.keypair.public_key
+        if me not in validators:
+            return
+        for sid, entry in list(self.workpool.units.items()):
+            sub = entry.signed.submission
+            job = self.state.jobs.get(sub.job)
+            if job is None or me in entry.verdicts or sid in self._checking:
+                continue
+            if self._is_designated(job, sub, validators):
+                self._spawn(self._check(entry.signed, job), f"check-{job.step}-{sub.shard}")
+
     def _schedule_work(self) -> None:
         for job in self.state.jobs.values():
             if job.status != JOB_ACTIVE or not self._can_train(job):
@@ -524,11 +558,12 @@ class Node:
         try:
             unit = await self.worker.submit(PRIORITY_TRAIN, self.executor.train_unit, job, shard)
         except WorkUnavailable as exc:
-            log.warning("cannot train %s: %s", key, exc)
+            log.warning("cannot train step %d shard %d yet: %s", job.step, shard, exc)
             self._training.discard(key)
             return
         current = self.state.jobs.get(job.job_id)
         if current is None or current.step != job.step or current.assignment[shard] != self.address:
+            self._training.discard(key)
             return
         sub = WorkSubmission(
             job=job.job_id,
@@ -542,7 +577,10 @@ class Node:
             receipt=unit.receipt,
         )
         self.metrics.units_trained.inc()
-        await self.on_submission(sign_submission(self.keypair, self.chain_id, sub), origin=None)
+        try:
+            await self.on_submission(sign_submission(self.keypair, self.chain_id, sub), origin=None)
+        finally:
+            self._training.discard(key)
 
     async def on_submission(self, signed: SignedWorkSubmission, origin: object) -> None:
         try:
@@ -580,7 +618,10 @@ class Node:
             self.metrics.units_failed.inc()
             log.warning("unit %s failed replay (failure %d, step %d)", sid.hex()[:16], result.failure, result.failed_step)
             self.workpool.add_evidence(WorkFraud(signed, verdict))
-        await self.on_verdict(verdict, origin=None)
+        try:
+            await self.on_verdict(verdict, origin=None)
+        finally:
+            self._checking.discard(sid)
 
     async def on_verdict(self, signed: SignedVerdict, origin: object) -> None:
         try:

@@ -1,28 +1,39 @@
-"""The validator's guard against signing twice, persisted before a vote leaves the node.
+"""The validator's guard against signing twice, persisted before a message leaves the node.
 
-Before a proposal or vote is signed, its (height, round, step) and the hash
-of its sign bytes are written to the store with ``sync=True``. Asked to sign
-at the same (height, round, step) again, the guard returns the earlier
-signature when the bytes are identical (a restart re-sending its own vote)
-and refuses otherwise; asked to sign at an earlier (height, round, step), it
-refuses. So a node killed at any moment never equivocates after a restart.
+Before a proposal or vote is signed, its (height, round, step), the hash of
+its sign bytes, the signature and the message itself are written to the
+store with ``sync=True``. Asked to sign at a (height, round, step) it has
+signed before, the guard returns the earlier signature when the bytes are
+identical (a restarted node re-sending its own vote) and refuses otherwise;
+asked to sign below the highest (height, round, step) signed, it refuses
+unless it is that same identical message. So a node killed at any moment
+never equivocates after a restart.
+
+The records of the current height double as the consensus write-ahead log:
+``replay`` returns them so a restarted node resumes the height where it
+stopped (its own proposal and votes), instead of starting it afresh.
 
 This module must never sign anything but proposals and votes.
 """
 
 from __future__ import annotations
 
-from consensus.codec import encode
+from consensus.codec import decode_as, encode
 from consensus.crypto import DOMAIN_PROPOSAL, DOMAIN_VOTE, Keypair, sha256
-from consensus.types import PRECOMMIT, PREVOTE, Proposal, Signature, Vote
+from consensus.types import PRECOMMIT, PREVOTE, Proposal, Signature, SignedProposal, SignedVote, Vote
 from tdml_node.storage import ChainStore
 
 STEP_OF_PROPOSAL = 0
-_KEY = b"privval"
+_LAST = b"privval"
+_RECORD = b"pv/"
 
 
 class DoubleSignRefused(Exception):
     """Signing this would conflict with something already signed."""
+
+
+def _position(height: int, round_: int, step: int) -> bytes:
+    return height.to_bytes(8, "big") + round_.to_bytes(4, "big") + bytes([step])
 
 
 class PrivValidator:
@@ -32,7 +43,7 @@ class PrivValidator:
         self.chain_id = chain_id
 
     def last_signed(self) -> tuple[int, int, int] | None:
-        raw = self._store.get_meta(_KEY)
+        raw = self._store.get_meta(_LAST)
         if raw is None:
             return None
         return int.from_bytes(raw[0:8], "big"), int.from_bytes(raw[8:12], "big"), raw[12]
@@ -44,19 +55,33 @@ class PrivValidator:
         step = {PREVOTE: 1, PRECOMMIT: 2}[vote.kind]
         return self._sign(DOMAIN_VOTE, vote.height, vote.round, step, encode(vote))
 
+    def replay(self, height: int) -> list[SignedProposal | SignedVote]:
+        """Everything this validator signed at ``height``, in signing order."""
+        out: list[SignedProposal | SignedVote] = []
+        prefix = _RECORD + height.to_bytes(8, "big")
+        for key, raw in self._store.iter_meta(prefix):
+            step = key[-1]
+            signature, payload = Signature(raw[32:96]), raw[96:]
+            if step == STEP_OF_PROPOSAL:
+                out.append(SignedProposal(decode_as(payload, Proposal), signature))
+            else:
+                out.append(SignedVote(decode_as(payload, Vote), signature))
+        return out
+
     def _sign(self, domain: bytes, height: int, round_: int, step: int, payload: bytes) -> Signature:
-        raw = self._store.get_meta(_KEY)
+        here = _position(height, round_, step)
         digest = sha256(payload)
-        if raw is not None:
-            last = (int.from_bytes(raw[0:8], "big"), int.from_bytes(raw[8:12], "big"), raw[12])
-            here = (height, round_, step)
-            if here < last:
-                raise DoubleSignRefused(f"already signed at {last}, refusing {here}")
-            if here == last:
-                if raw[13:45] == digest:
-                    return Signature(raw[45:109])
-                raise DoubleSignRefused(f"already signed different bytes at {here}")
+        earlier = self._store.get_meta(_RECORD + here)
+        if earlier is not None:
+            if earlier[:32] == digest:
+                return Signature(earlier[32:96])
+            raise DoubleSignRefused(f"already signed different bytes at {(height, round_, step)}")
+        last = self._store.get_meta(_LAST)
+        if last is not None and here < last:
+            raise DoubleSignRefused(f"already signed at {self.last_signed()}, refusing {(height, round_, step)}")
         signature = self.keypair.sign(domain, self.chain_id, payload)
-        record = height.to_bytes(8, "big") + round_.to_bytes(4, "big") + bytes([step]) + digest + signature
-        self._store.put_meta_synced(_KEY, record)
+        stale = [k for k, _ in self._store.iter_meta(_RECORD) if k[len(_RECORD) : len(_RECORD) + 8] < here[:8]]
+        self._store.write_meta_synced(
+            {_LAST: here, _RECORD + here: digest + signature + payload}, delete=stale
+        )
         return signature

@@ -197,11 +197,18 @@ class ChainStore:
         raw: bytes | None = self._db.get(b"m" + name)
         return raw
 
-    def put_meta_synced(self, name: bytes, value: bytes) -> None:
-        try:
-            self._db.put(b"m" + name, value, sync=True)
-        except plyvel.Error as exc:
-            raise StorageError(f"cannot write {name!r}: {exc}") from exc
+    def write_meta_synced(self, values: dict[bytes, bytes], delete: Iterable[bytes] = ()) -> None:
+        """Write (and delete) metadata entries in one synced batch; keys are given without the prefix."""
+        with self._write() as wb:
+            for name in delete:
+                wb.delete(b"m" + name)
+            for name, value in values.items():
+                wb.put(b"m" + name, value)
+
+    def iter_meta(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """Metadata entries whose name starts with ``prefix``, in key order (names without the prefix byte)."""
+        for key, value in self._db.iterator(prefix=b"m" + prefix):
+            yield key[1:], value
 
     # ------------------------------------------------------------- helpers
 

@@ -52,7 +52,14 @@ from tdml_node.work.optim import (
     optimizer_lr,
     optimizer_state_keys,
 )
-from tdml_node.work.profile import TORCH_VERSION, apply_profile, can_run, receipt_for, torch_dtype
+from tdml_node.work.profile import (
+    TORCH_VERSION,
+    apply_profile,
+    can_run,
+    local_profile,
+    receipt_for,
+    torch_dtype,
+)
 from tdml_node.work.state import ModelState, encode_state, load_state, parse_state
 from tdml_node.work.tensors import bundle_digest, decode_bundle
 
@@ -140,6 +147,10 @@ class TorchExecutor:
     @property
     def torch_version(self) -> str:
         return TORCH_VERSION
+
+    def warm_up(self) -> None:
+        """Load torch's lazily imported machinery by applying a local profile once."""
+        apply_profile(self._profile or local_profile())
 
     def can_run(self, spec: JobSpec) -> bool:
         """Whether this process can compute the job's units under the profile they need."""

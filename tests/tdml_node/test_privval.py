@@ -38,4 +38,11 @@ def test_refuses_conflicting_and_older_votes_across_restarts(tmp_path: Path) -> 
     pv.sign_vote(_vote(kp, PRECOMMIT, 5, 0, b"a" * 32))
     pv.sign_vote(_vote(kp, PREVOTE, 5, 1, None))
     assert pv.last_signed() == (5, 1, 1)
+    # An earlier message of this height, identical, is re-signed (write-ahead log replay).
+    assert pv.sign_vote(v1) == sig
+    replayed = pv.replay(5)
+    assert [s.vote.kind for s in replayed] == [PREVOTE, PRECOMMIT, PREVOTE]  # type: ignore[union-attr]
+    assert replayed[0].signature == sig
+    pv.sign_vote(_vote(kp, PREVOTE, 6, 0, None))
+    assert pv.replay(5) == []  # older heights are dropped once a new height is signed
     store.close()
