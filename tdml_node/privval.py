@@ -20,7 +20,15 @@ from __future__ import annotations
 
 from consensus.codec import decode_as, encode
 from consensus.crypto import DOMAIN_PROPOSAL, DOMAIN_VOTE, Keypair, sha256
-from consensus.types import PRECOMMIT, PREVOTE, Proposal, Signature, SignedProposal, SignedVote, Vote
+from consensus.types import (
+    PRECOMMIT,
+    PREVOTE,
+    Proposal,
+    Signature,
+    SignedProposal,
+    SignedVote,
+    Vote,
+)
 from tdml_node.storage import ChainStore
 
 STEP_OF_PROPOSAL = 0
