@@ -38,8 +38,8 @@ from consensus.types import (
     Hash32,
     JobSpec,
     JobState,
-    SignedVerdict,
     Signature,
+    SignedVerdict,
     SignedWorkSubmission,
     Verdict,
     WorkSubmission,
@@ -48,7 +48,14 @@ from consensus.validators import ValidatorSet
 
 
 class WorkUnavailable(Exception):
-    """The work cannot be done yet (a blob it needs is missing); not a fault of the block."""
+    """The work cannot be done yet (a blob it needs is missing); not a fault of the block.
+
+    ``digest`` names the missing blob when there is one, so the node can fetch it.
+    """
+
+    def __init__(self, message: str, digest: bytes | None = None) -> None:
+        super().__init__(message)
+        self.digest = digest
 
 
 class InvalidWork(Exception):

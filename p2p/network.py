@@ -125,6 +125,9 @@ class NetworkHandler(Protocol):
     def status(self) -> tuple[int, Hash32]:
         """The node's committed height and the hash of its last block."""
 
+    def on_peer_connected(self, peer_id: PeerId) -> None:
+        """A peer finished its handshake (the node may catch it up with ``send_to``)."""
+
 
 @dataclass(frozen=True, slots=True)
 class NetworkConfig:
@@ -369,6 +372,18 @@ class P2PNetwork:
                 continue
             self._enqueue(c, frame)
 
+    def send_to(self, peer_id: bytes, payload: GossipPayload) -> bool:
+        """Send a payload to one established peer, bypassing dedup; False if it is not connected.
+
+        For catching up a peer that connected late (a restarted validator
+        needs the votes of the height in progress, which it cannot have seen).
+        """
+        c = self._peers.get(peer_id)
+        if c is None:
+            return False
+        self._enqueue(c, encode_frame(Gossip(payload)))
+        return True
+
     def penalize(self, peer_id: bytes, reason: str, severity: int) -> None:
         """Lower a peer's score for something invalid it sent; a peer that falls too low is banned."""
         c = self._peers.get(peer_id)
@@ -596,6 +611,10 @@ class P2PNetwork:
         )
         self._send_status(c)
         self._send(c, PeersRequest())
+        try:
+            self.handler.on_peer_connected(key)
+        except Exception:
+            log.exception("%s: handler.on_peer_connected failed", self._me)
 
     def _initiator(self, c: _Conn) -> bytes:
         """The node key of the side that dialled this connection."""

@@ -1,19 +1,20 @@
 """The node's service: one event loop that feeds the consensus core and carries out its actions.
 
 Everything that changes consensus state passes through one inbox and one
-loop (``_consensus_loop``), so the Tendermint core sees one event at a time.
-Torch work runs on the ``WorkQueue`` thread, database writes in a thread;
-the loop only waits for them. The node:
+loop (``_consensus_loop``), so the Tendermint core sees one event at a time
+and the committed state changes only there. Torch work runs on the
+``WorkQueue`` thread and database writes in a thread; the loop only awaits
+them. The node:
 
-- trains the units the chain assigns to it and gossips signed submissions;
-- checks the units it is a designated checker of and gossips verdicts;
-- re-checks failing verdicts and turns them into evidence (fraud, or a
-  false accusation);
 - proposes blocks when it is the proposer and the work of a step is ready;
-- validates proposals (state transition, aggregation, its own checks)
+- validates proposals (state transition, aggregation, its own replays)
   before prevoting;
 - commits decided blocks to LevelDB in one synced batch, then starts the
-  next height.
+  next height;
+- takes gossip from peers (``on_gossip``), serves blobs and blocks, catches up
+  a peer that connects mid-height with its own signed messages, and syncs
+  certified blocks when peers are ahead;
+- leaves training, checking and judging to ``Duties``.
 
 This module must never decide protocol questions itself: validity comes from
 ``consensus.transition`` and ``consensus.work``, votes from
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from consensus import crypto
+from consensus.codec import DecodeError, decode_as, encode
 from consensus.state import LedgerState, get_validator_set
 from consensus.tendermint import (
     Action,
@@ -62,6 +64,7 @@ from consensus.transition import (
     compute_body_hash,
     compute_genesis_hash,
     make_genesis_state,
+    validate_commit,
 )
 from consensus.types import (
     JOB_ACTIVE,
@@ -69,11 +72,11 @@ from consensus.types import (
     BlockBody,
     BlockHeader,
     CommitCertificate,
+    Equivocation,
     FalseVerdict,
     Genesis,
     Hash32,
     Height,
-    JobState,
     Proposal,
     Round,
     SignedProposal,
@@ -83,52 +86,55 @@ from consensus.types import (
     SignedWorkSubmission,
     Vote,
     WorkFraud,
-    WorkSubmission,
 )
 from consensus.validators import ValidatorSet
-from consensus.work import (
-    InvalidWork,
-    WorkRejected,
-    WorkUnavailable,
-    check_unit,
-    compute_checkers,
-    make_verdict,
-    required_checkers,
-    sample_for,
-    sign_submission,
-    submission_id,
-)
+from consensus.work import InvalidWork, WorkUnavailable, check_unit, sample_for, submission_id
+from p2p.messages import GossipPayload
+from tdml_node.byzantine import Honest
 from tdml_node.config import NodeConfig
+from tdml_node.duties import Duties
 from tdml_node.metrics import NodeMetrics
+from tdml_node.netlink import SEVERITY_FATAL, SEVERITY_MINOR, BlobFetcher, Network, NoNetwork
 from tdml_node.pools import Evidence, Mempool, TxRejected, WorkPool
 from tdml_node.privval import DoubleSignRefused, PrivValidator
 from tdml_node.retention import Retention
 from tdml_node.storage import ChainStore, StorageError
 from tdml_node.work.executor import TorchExecutor
-from tdml_node.workqueue import PRIORITY_CHECK, PRIORITY_CONSENSUS, PRIORITY_TRAIN, WorkQueue
+from tdml_node.workqueue import PRIORITY_CONSENSUS, PRIORITY_TRAIN, WorkQueue
 
 log = logging.getLogger("tdml.node")
 
 RETRY_SECONDS = 0.5
-
-GossipMessage = SignedProposal | SignedVote | SignedTransaction | SignedWorkSubmission | SignedVerdict
+SYNC_BATCH = 64
 
 
 class NodeHalted(Exception):
     """The node stopped itself to protect its data (storage failure, broken invariant)."""
 
 
-class Network:
-    """What the node needs of the network. The default reaches no one (a single node)."""
+@dataclass(frozen=True, slots=True)
+class FromPeer:
+    """A consensus message that arrived from a peer (relayed onward if the core accepts it)."""
 
-    async def broadcast(self, message: GossipMessage, exclude: object = None) -> None:
-        return None
+    event: ProposalReceived | VoteReceived
+    peer: bytes
 
-    def peer_count(self) -> int:
-        return 0
 
-    def peers(self) -> list[dict[str, Any]]:
-        return []
+@dataclass(frozen=True, slots=True)
+class SyncedBlocks:
+    """Certified blocks fetched from a peer, to apply in order."""
+
+    items: tuple[tuple[Block, CommitCertificate], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SyncDone:
+    """Tells the sync loop that the blocks it queued before this were applied."""
+
+    future: asyncio.Future[None]
+
+
+InboxItem = ConsensusEvent | FromPeer | SyncedBlocks | SyncDone
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,27 +160,34 @@ class Node:
         self.genesis = genesis
         self.chain_id = genesis.chain_id
         self.genesis_hash = compute_genesis_hash(genesis)
-        self.network = network or Network()
+        self.network: Network = network or NoNetwork()
+        self.blobs = BlobFetcher(store, self.network)
         self.executor = TorchExecutor(store)
         self.worker = WorkQueue()
         self.metrics = NodeMetrics()
         self.mempool = Mempool()
         self.workpool = WorkPool()
+        self.byzantine: Honest = Honest()
         self.privval = PrivValidator(store, keypair, self.chain_id)
         self.retention = Retention(config.retain_steps)
-        self.state = self._load_or_init_state()
+        self.state: LedgerState = self._load_or_init_state()
         self.core = TendermintCore(self.chain_id, keypair.public_key, config.timeouts)
-        self.inbox: asyncio.Queue[ConsensusEvent] = asyncio.Queue()
+        self.duties = Duties(self)
+        self.inbox: asyncio.Queue[InboxItem] = asyncio.Queue()
         self.started_at = time.time()
-        self._changed = asyncio.Event()
+        self.changed = asyncio.Event()
+        self.syncing_to = 0
         self._stop = asyncio.Event()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()
         self._timers: list[asyncio.TimerHandle] = []
         self._validated: dict[bytes, BlockResult] = {}
-        self._training: set[tuple[bytes, int, int]] = set()
-        self._checking: set[bytes] = set()
         self._block_listeners: list[Callable[[CommittedBlock], Awaitable[None] | None]] = []
         self.fatal: BaseException | None = None
+
+    def attach_network(self, network: Network) -> None:
+        """Use ``network`` from now on (the p2p network needs the node as its handler first)."""
+        self.network = network
+        self.blobs.network = network
 
     # ----------------------------------------------------------- lifecycle
 
@@ -186,10 +199,10 @@ class Node:
             return state
         if compute_genesis_hash(stored) != self.genesis_hash:
             raise NodeHalted(f"the data directory {self.store.path} belongs to another chain (genesis differs)")
-        state = self.store.load_state()
-        if state is None:
+        loaded = self.store.load_state()
+        if loaded is None:
             raise NodeHalted(f"the data directory {self.store.path} has a genesis but no state")
-        return state
+        return loaded
 
     @property
     def address(self) -> bytes:
@@ -205,6 +218,10 @@ class Node:
     def add_block_listener(self, fn: Callable[[CommittedBlock], Awaitable[None] | None]) -> None:
         self._block_listeners.append(fn)
 
+    def remove_block_listener(self, fn: Callable[[CommittedBlock], Awaitable[None] | None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._block_listeners.remove(fn)
+
     async def run(self) -> None:
         """Run until ``request_stop`` or a fatal error; always releases the worker and timers."""
         loop_task = asyncio.create_task(self._consensus_loop(), name="consensus")
@@ -212,9 +229,10 @@ class Node:
         try:
             # torch loads much of itself on the first use of its determinism
             # switches; pay that before the first unit rather than during it.
-            self._spawn(self._warm_up(), "warm-up")
-            self._spawn(self._retry_loop(), "retry")
-            self._schedule_work()
+            self.spawn(self.worker.submit(PRIORITY_TRAIN, self.executor.warm_up), "warm-up")
+            self.spawn(self._retry_loop(), "retry")
+            self.spawn(self._sync_loop(), "sync")
+            self.duties.schedule()
             done, _ = await asyncio.wait({loop_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
             if loop_task in done and loop_task.exception() is not None:
                 raise loop_task.exception()  # type: ignore[misc]
@@ -228,24 +246,30 @@ class Node:
                 handle.cancel()
             self.worker.close()
 
-    async def _warm_up(self) -> None:
-        await self.worker.submit(PRIORITY_TRAIN, self.executor.warm_up)
-
-    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
-        task = asyncio.create_task(coro, name=name)
+    def spawn(self, aw: Coroutine[Any, Any, Any] | asyncio.Future[Any], name: str) -> None:
+        """Run ``aw`` as a task the node owns: cancelled and awaited when the node stops."""
+        task = asyncio.ensure_future(aw)
+        if isinstance(task, asyncio.Task):
+            task.set_name(name)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
+    def _task_done(self, task: asyncio.Future[Any]) -> None:
         self._tasks.discard(task)
         if task.cancelled():
             return
         exc = task.exception()
         if exc is not None:
-            log.error("task %s failed: %r", task.get_name(), exc, exc_info=exc)
+            log.error("task failed: %r", exc, exc_info=exc)
             if isinstance(exc, StorageError | NodeHalted):
                 self.fatal = exc
                 self._stop.set()
+
+    async def _retry_loop(self) -> None:
+        """Pick up work that could not start earlier (a blob was missing, a checker was silent)."""
+        while True:
+            await asyncio.sleep(RETRY_SECONDS)
+            self.duties.schedule()
 
     # ------------------------------------------------------ consensus loop
 
@@ -255,13 +279,31 @@ class Node:
         # Resume the height where a previous run of this node stopped: its own
         # signed proposal and votes are the write-ahead log.
         for signed in self.privval.replay(height):
-            if isinstance(signed, SignedProposal):
-                await self._apply_consensus(ProposalReceived(signed))
-            else:
-                await self._apply_consensus(VoteReceived(signed))
+            await self._apply_consensus(_as_event(signed))
         while True:
-            event = await self.inbox.get()
-            await self._apply_consensus(event)
+            item = await self.inbox.get()
+            if isinstance(item, FromPeer):
+                await self._from_peer(item)
+            elif isinstance(item, SyncedBlocks):
+                await self._apply_synced(item)
+            elif isinstance(item, SyncDone):
+                if not item.future.done():
+                    item.future.set_result(None)
+            else:
+                await self._apply_consensus(item)
+
+    async def _from_peer(self, item: FromPeer) -> None:
+        actions = self.core.apply(item.event)
+        rejected = [a for a in actions if isinstance(a, Rejected)]
+        if rejected:
+            reason = rejected[0].reason
+            severity = SEVERITY_FATAL if "signature" in reason else SEVERITY_MINOR
+            self.network.penalize(item.peer, reason, severity)
+        else:
+            payload = item.event.signed
+            await self.network.broadcast(payload, exclude=item.peer)
+        for action in actions:
+            await self._perform(action)
 
     async def _apply_consensus(self, event: ConsensusEvent) -> None:
         for action in self.core.apply(event):
@@ -276,15 +318,15 @@ class Node:
             self._timers = [h for h in self._timers if not h.cancelled() and h.when() > loop.time()]
             self._timers.append(loop.call_later(action.duration_ms / 1000, self.inbox.put_nowait, event))
         elif isinstance(action, RequestValue):
-            self._spawn(self._build_value(action.height, action.round), f"propose-{action.height}-{action.round}")
+            self.spawn(self._build_value(action.height, action.round), f"propose-{action.height}-{action.round}")
         elif isinstance(action, RequestValidation):
-            self._spawn(self._validate(action.height, action.block), f"validate-{action.height}-{action.round}")
+            self.spawn(self._validate(action.height, action.block), f"validate-{action.height}-{action.round}")
         elif isinstance(action, Decide):
             await self._commit(action.block, action.commit)
         elif isinstance(action, EvidenceFound):
             if self.workpool.add_evidence(action.evidence):
                 log.warning("equivocation by %s", action.evidence.vote_a.vote.validator.hex()[:16])
-                self._changed.set()
+                self.changed.set()
         elif isinstance(action, Rejected):
             log.debug("consensus rejected a message: %s", action.reason)
 
@@ -298,10 +340,7 @@ class Node:
             log.error("refused to sign: %s", exc)
             return
         await self.network.broadcast(signed)
-        if isinstance(signed, SignedProposal):
-            self.inbox.put_nowait(ProposalReceived(signed))
-        else:
-            self.inbox.put_nowait(VoteReceived(signed))
+        self.inbox.put_nowait(_as_event(signed))
 
     # ------------------------------------------------------------ proposing
 
@@ -314,17 +353,28 @@ class Node:
             waited_ms = (loop.time() - started) * 1000
             if self._ready_to_propose(waited_ms):
                 break
-            self._changed.clear()
+            self.changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), timeout=0.05)
+                await asyncio.wait_for(self.changed.wait(), timeout=0.05)
         state = self.state
         validators = get_validator_set(state)
         candidates = self.mempool.items()
         units = self.workpool.includable(state, validators)
         evidence = self.workpool.pending_evidence(state)
-        block, result = await self.worker.submit(
-            PRIORITY_CONSENSUS, self._make_block, state, height, round_, candidates, units, evidence
-        )
+        for attempt in range(3):
+            try:
+                block, result = await self.duties.run_work(
+                    PRIORITY_CONSENSUS, self._make_block, state, height, round_, candidates, units, evidence
+                )
+                break
+            except WorkUnavailable as exc:
+                log.warning("cannot build a proposal with all units yet: %s", exc)
+                if attempt == 1:
+                    units = []
+        else:
+            return
+        if self.state is not state:
+            return
         self._validated[compute_block_hash(block.header)] = result
         self.inbox.put_nowait(ValueReady(height, round_, block))
 
@@ -333,35 +383,21 @@ class Node:
         if len(self.mempool) or self.workpool.pending_evidence(state):
             return True
         validators = get_validator_set(state)
-        open_units = [
-            (job, shard)
+        open_keys = {
+            (job.job_id, job.step, shard)
             for job in state.jobs.values()
             if job.status == JOB_ACTIVE
             for shard in range(job.spec.shards)
             if job.accepted[shard] is None
-        ]
+        }
         ready = self.workpool.includable(state, validators)
-        if open_units and len(ready) == len(open_units):
+        if open_keys and len(ready) == len(open_keys):
             return True
-        if self._own_work_pending(state, validators, open_units):
+        if self.duties.pending(open_keys):
             return False
         if ready and waited_ms >= self.config.partial_wait_ms:
             return True
         return waited_ms >= self.config.block_interval_ms
-
-    def _own_work_pending(
-        self, state: LedgerState, validators: ValidatorSet, open_units: list[tuple[JobState, int]]
-    ) -> bool:
-        """Whether this node is still training or checking a unit of a step in progress."""
-        open_keys = {(job.job_id, job.step, shard) for job, shard in open_units}
-        if open_keys & self._training:
-            return True
-        me = self.keypair.public_key
-        for sid in self._checking:
-            entry = self.workpool.get(sid)
-            if entry is not None and me not in entry.verdicts:
-                return True
-        return False
 
     def _make_block(
         self,
@@ -376,12 +412,7 @@ class Node:
         ctx = BlockContext(self.chain_id, height, state.tip_hash, self.keypair.public_key)
         last_commit = self.store.get_commit(height - 1) if height > 1 else None
         txs = _select_transactions(state, ctx, candidates, self.executor)
-        attempts = [
-            (txs, units, evidence),
-            (txs, units, ()),
-            (txs, [], ()),
-            ((), [], ()),
-        ]
+        attempts = [(txs, units, evidence), (txs, units, ()), (txs, [], ()), ((), [], ())]
         for tx_part, unit_part, ev_part in attempts:
             body = BlockBody(
                 transactions=tuple(tx_part),
@@ -393,10 +424,10 @@ class Node:
             )
             try:
                 result = apply_body(state, ctx, body, self.executor, propose=True)
-                body = dataclasses.replace(body, outcomes=result.completed)
-            except (InvalidBlock, WorkUnavailable, InvalidWork) as exc:
+            except (InvalidBlock, InvalidWork) as exc:
                 log.warning("dropping part of a block proposal: %s", exc)
                 continue
+            body = dataclasses.replace(body, outcomes=result.completed)
             header = BlockHeader(
                 chain_id=self.chain_id,
                 height=height,
@@ -422,7 +453,13 @@ class Node:
         if state.height + 1 != height:
             return
         mine = self._my_verdicts()
-        ok, result = await self.worker.submit(PRIORITY_CONSENSUS, self._check_block, state, block, mine)
+        try:
+            ok, result = await self.duties.run_work(PRIORITY_CONSENSUS, self._check_block, state, block, mine)
+        except (WorkUnavailable, InvalidWork) as exc:
+            log.info("cannot validate proposal %s: %s", block_hash.hex()[:16], exc)
+            ok, result = False, None
+        if self.state is not state:
+            return
         if ok and result is not None:
             self._validated[block_hash] = result
         else:
@@ -442,9 +479,6 @@ class Node:
         except InvalidBlock as exc:
             log.info("invalid block: %s", exc)
             return False, None
-        except (WorkUnavailable, InvalidWork) as exc:
-            log.info("cannot validate block: %s", exc)
-            return False, None
         validators = get_validator_set(state)
         me = self.keypair.public_key
         if me not in validators:
@@ -452,16 +486,13 @@ class Node:
         for signed in block.body.submissions:
             sub = signed.submission
             job = state.jobs[sub.job]
-            if not self._is_designated(job, sub, validators):
+            if not self.duties.is_designated(job, sub, validators):
                 continue
             sid = submission_id(sub)
             verdict = mine.get(sid)
             if verdict is None:
                 _, steps = sample_for(self.keypair, self.chain_id, job, sub)
-                try:
-                    failure = check_unit(self.executor, job, sub, steps).failure
-                except (WorkUnavailable, InvalidWork):
-                    return False, None
+                failure = check_unit(self.executor, job, sub, steps).failure
             else:
                 failure = verdict.verdict.failure
             if failure:
@@ -471,11 +502,12 @@ class Node:
 
     # ------------------------------------------------------------ committing
 
-    async def _commit(self, block: Block, cert: CommitCertificate) -> None:
+    async def _commit(self, block: Block, cert: CommitCertificate, result: BlockResult | None = None) -> None:
         block_hash = compute_block_hash(block.header)
-        result = self._validated.get(block_hash)
         if result is None:
-            result = await self.worker.submit(PRIORITY_CONSENSUS, apply_block, self.state, block, self.executor)
+            result = self._validated.get(block_hash)
+        if result is None:
+            result = await self.duties.run_work(PRIORITY_CONSENSUS, apply_block, self.state, block, self.executor)
         blobs = [b for o in result.completed if (b := self.store.get(o.model_root)) is not None]
         started = time.perf_counter()
         try:
@@ -489,17 +521,20 @@ class Node:
         self._validated.clear()
         self.mempool.prune(self.state)
         self.workpool.prune(self.state)
+        self.duties.prune()
         self.retention.record_block(block)
         expired = self.retention.expired(self.state)
         if expired:
             await asyncio.to_thread(self.store.delete_blobs, expired)
         log.info(
-            "committed height=%d hash=%s txs=%d units=%d steps=%d",
+            "committed height=%d hash=%s round=%d txs=%d units=%d steps=%d evidence=%d",
             block.header.height,
             block_hash.hex()[:16],
+            cert.round,
             len(block.body.transactions),
             len(block.body.submissions),
             len(result.completed),
+            len(block.body.evidence),
         )
         committed = CommittedBlock(block, block_hash, cert, self.state)
         for listener in list(self._block_listeners):
@@ -507,156 +542,103 @@ class Node:
             if maybe is not None:
                 await maybe
         await self._apply_consensus(StartHeight(Height(self.state.height + 1), get_validator_set(self.state)))
-        self._schedule_work()
-        self._changed.set()
+        self.duties.schedule()
+        await self.duties.retry_early()
+        self.changed.set()
 
-    # -------------------------------------------------------------- work
+    # ------------------------------------------------------------ syncing
 
-    def _can_train(self, job: JobState) -> bool:
-        return self.executor.can_run(job.spec)
-
-    def _is_designated(self, job: JobState, sub: WorkSubmission, validators: ValidatorSet) -> bool:
-        need = required_checkers(job.spec, validators)
-        ranked = compute_checkers(job, sub.shard, sub.trainer, validators)
-        return self.keypair.public_key in ranked[:need]
-
-    async def _retry_loop(self) -> None:
-        """Pick up work that could not start earlier (a blob was missing, a check was dropped)."""
+    async def _sync_loop(self) -> None:
+        """Fetch certified blocks while peers report a higher height than ours."""
         while True:
             await asyncio.sleep(RETRY_SECONDS)
-            self._schedule_work()
-            self._schedule_checks()
+            best = self.network.best_peer_height()
+            if best <= self.state.height:
+                self.syncing_to = 0
+                continue
+            self.syncing_to = best
+            start = self.state.height + 1
+            raw = await self.network.request_blocks(start, SYNC_BATCH, timeout=10.0)
+            items: list[tuple[Block, CommitCertificate]] = []
+            try:
+                for block_bytes, commit_bytes in raw:
+                    items.append((decode_as(block_bytes, Block), decode_as(commit_bytes, CommitCertificate)))
+            except DecodeError as exc:
+                log.warning("a peer sent undecodable blocks: %s", exc)
+                continue
+            if items:
+                done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                self.inbox.put_nowait(SyncedBlocks(tuple(items)))
+                self.inbox.put_nowait(SyncDone(done))
+                await done
 
-    def _schedule_checks(self) -> None:
-        validators = get_validator_set(self.state)
+    async def _apply_synced(self, item: SyncedBlocks) -> None:
+        """Apply certified blocks: the commit proves them, so the model work is not recomputed."""
+        for block, cert in item.items:
+            state = self.state
+            if block.header.height != state.height + 1:
+                continue
+            block_hash = compute_block_hash(block.header)
+            try:
+                validate_commit(cert, get_validator_set(state), self.chain_id, block.header.height, block_hash)
+                result = apply_block(state, block, None)
+            except InvalidBlock as exc:
+                log.warning("a synced block at height %d is invalid: %s", block.header.height, exc)
+                return
+            await self._commit(block, cert, result)
+
+    # ------------------------------------------------------ network handler
+
+    async def on_gossip(self, payload: GossipPayload, peer_id: bytes) -> None:
+        """Take a payload a peer gossiped; consensus messages go through the inbox in order."""
+        if isinstance(payload, SignedProposal | SignedVote):
+            self.inbox.put_nowait(FromPeer(_as_event(payload), peer_id))
+        elif isinstance(payload, SignedTransaction):
+            try:
+                await self.on_transaction(payload, origin=peer_id)
+            except TxRejected as exc:
+                if "signature" in str(exc):
+                    self.network.penalize(peer_id, f"transaction: {exc}", SEVERITY_FATAL)
+        elif isinstance(payload, SignedWorkSubmission):
+            await self.duties.on_submission(payload, origin=peer_id)
+        elif isinstance(payload, SignedVerdict):
+            await self.duties.on_verdict(payload, origin=peer_id)
+        elif isinstance(payload, WorkFraud | FalseVerdict | Equivocation):
+            log.debug("evidence gossip is not needed: validators judge failing verdicts themselves")
+
+    def get_blob(self, digest: Hash32) -> bytes | None:
+        return self.store.get(digest)
+
+    def get_blocks(self, start: int, count: int) -> list[tuple[bytes, bytes]]:
+        out = []
+        for height in range(start, min(start + count, self.state.height + 1)):
+            block = self.store.get_block_bytes(height)
+            commit = self.store.get_commit(height)
+            if block is None or commit is None:
+                break
+            out.append((block, encode(commit)))
+        return out
+
+    def status(self) -> tuple[int, Hash32]:
+        return self.state.height, self.state.tip_hash
+
+    def on_peer_connected(self, peer_id: bytes) -> None:
+        """Catch a new peer up: our signed messages of the height in progress and our pending work.
+
+        A peer that restarted has seen none of them, and gossip is not repeated.
+        """
+        for signed in self.privval.replay(self.state.height + 1):
+            self.network.send_to(peer_id, signed)
         me = self.keypair.public_key
-        if me not in validators:
-            return
-        for sid, entry in list(self.workpool.units.items()):
-            sub = entry.signed.submission
-            job = self.state.jobs.get(sub.job)
-            if job is None or me in entry.verdicts or sid in self._checking:
-                continue
-            if self._is_designated(job, sub, validators):
-                self._spawn(self._check(entry.signed, job), f"check-{job.step}-{sub.shard}")
-
-    def _schedule_work(self) -> None:
-        for job in self.state.jobs.values():
-            if job.status != JOB_ACTIVE or not self._can_train(job):
-                continue
-            for shard in range(job.spec.shards):
-                key = (job.job_id, job.step, shard)
-                if job.assignment[shard] != self.address or job.accepted[shard] is not None:
-                    continue
-                if key in self._training or self.workpool.unit_for(*key) is not None:
-                    continue
-                self._training.add(key)
-                self._spawn(self._train(job, shard), f"train-{job.step}-{shard}")
-
-    async def _train(self, job: JobState, shard: int) -> None:
-        key = (job.job_id, job.step, shard)
-        try:
-            unit = await self.worker.submit(PRIORITY_TRAIN, self.executor.train_unit, job, shard)
-        except WorkUnavailable as exc:
-            log.warning("cannot train step %d shard %d yet: %s", job.step, shard, exc)
-            self._training.discard(key)
-            return
-        current = self.state.jobs.get(job.job_id)
-        if current is None or current.step != job.step or current.assignment[shard] != self.address:
-            self._training.discard(key)
-            return
-        sub = WorkSubmission(
-            job=job.job_id,
-            step=job.step,
-            shard=shard,
-            trainer=self.keypair.public_key,
-            parent_model_root=job.model_root,
-            checkpoint_digests=unit.checkpoint_digests,
-            result_digest=unit.result_digest,
-            losses=unit.losses,
-            receipt=unit.receipt,
-        )
-        self.metrics.units_trained.inc()
-        try:
-            await self.on_submission(sign_submission(self.keypair, self.chain_id, sub), origin=None)
-        finally:
-            self._training.discard(key)
-
-    async def on_submission(self, signed: SignedWorkSubmission, origin: object) -> None:
-        try:
-            added = self.workpool.add_submission(self.chain_id, signed, self.state)
-        except WorkRejected as exc:
-            log.debug("submission rejected: %s", exc)
-            return
-        if not added:
-            return
-        await self.network.broadcast(signed, exclude=origin)
-        self._changed.set()
-        job = self.state.jobs[signed.submission.job]
-        validators = get_validator_set(self.state)
-        if self.keypair.public_key in validators and self._is_designated(job, signed.submission, validators):
-            self._spawn(self._check(signed, job), f"check-{job.step}-{signed.submission.shard}")
-
-    async def _check(self, signed: SignedWorkSubmission, job: JobState) -> None:
-        sub = signed.submission
-        sid = submission_id(sub)
-        if sid in self._checking:
-            return
-        self._checking.add(sid)
-        sample_sig, steps = sample_for(self.keypair, self.chain_id, job, sub)
-        try:
-            result = await self.worker.submit(PRIORITY_CHECK, check_unit, self.executor, job, sub, steps)
-        except WorkUnavailable as exc:
-            log.warning("cannot check %s yet: %s", sid.hex()[:16], exc)
-            self._checking.discard(sid)
-            return
-        verdict = make_verdict(
-            self.keypair, self.chain_id, job, sub, result, steps, sample_sig, self.executor.receipt(job.spec)
-        )
-        self.metrics.units_checked.inc()
-        if result.failure:
-            self.metrics.units_failed.inc()
-            log.warning("unit %s failed replay (failure %d, step %d)", sid.hex()[:16], result.failure, result.failed_step)
-            self.workpool.add_evidence(WorkFraud(signed, verdict))
-        try:
-            await self.on_verdict(verdict, origin=None)
-        finally:
-            self._checking.discard(sid)
-
-    async def on_verdict(self, signed: SignedVerdict, origin: object) -> None:
-        try:
-            added = self.workpool.add_verdict(self.chain_id, signed, self.state, get_validator_set(self.state))
-        except (WorkRejected, KeyError) as exc:
-            log.debug("verdict rejected: %s", exc)
-            return
-        if not added:
-            return
-        await self.network.broadcast(signed, exclude=origin)
-        self._changed.set()
-        if signed.verdict.failure and signed.verdict.validator != self.keypair.public_key:
-            self._spawn(self._judge(signed), "judge")
-
-    async def _judge(self, signed: SignedVerdict) -> None:
-        """Re-check another validator's failure claim; either way it becomes evidence."""
-        entry = self.workpool.get(signed.verdict.submission_id)
-        if entry is None:
-            return
-        job = self.state.jobs.get(entry.signed.submission.job)
-        if job is None:
-            return
-        try:
-            upheld = await self.worker.submit(
-                PRIORITY_CHECK, self.executor.recheck, job, entry.signed.submission, signed.verdict
-            )
-        except WorkUnavailable:
-            return
-        ev: Evidence = WorkFraud(entry.signed, signed) if upheld else FalseVerdict(entry.signed, signed)
-        if self.workpool.add_evidence(ev):
-            self._changed.set()
+        for entry in list(self.workpool.units.values()):
+            if entry.signed.submission.trainer == me:
+                self.network.send_to(peer_id, entry.signed)
+            if me in entry.verdicts:
+                self.network.send_to(peer_id, entry.verdicts[me])
 
     # ----------------------------------------------------------- inbound
 
-    async def on_transaction(self, signed: SignedTransaction, origin: object = None) -> Hash32:
+    async def on_transaction(self, signed: SignedTransaction, origin: bytes | None = None) -> Hash32:
         """Check a transaction against the state and the sender's pending ones, admit and gossip it.
 
         Raises ``TxRejected`` with the reason when it cannot apply.
@@ -669,19 +651,18 @@ class Node:
             (t for t in self.mempool.items() if t.tx.sender == signed.tx.sender and t.tx.nonce < signed.tx.nonce),
             key=lambda t: t.tx.nonce,
         )
-        await self.worker.submit(
-            PRIORITY_CONSENSUS, _check_transaction, self.state, ctx, earlier, signed, self.executor
-        )
+        await self.worker.submit(PRIORITY_CONSENSUS, _check_transaction, self.state, ctx, earlier, signed, self.executor)
         self.mempool.admit(signed, self.state)
         await self.network.broadcast(signed, exclude=origin)
-        self._changed.set()
+        self.changed.set()
         return digest
 
-    async def on_consensus_message(self, message: SignedProposal | SignedVote) -> None:
-        if isinstance(message, SignedProposal):
-            self.inbox.put_nowait(ProposalReceived(message))
-        else:
-            self.inbox.put_nowait(VoteReceived(message))
+    def validator_set(self) -> ValidatorSet:
+        return get_validator_set(self.state)
+
+
+def _as_event(signed: SignedProposal | SignedVote) -> ProposalReceived | VoteReceived:
+    return ProposalReceived(signed) if isinstance(signed, SignedProposal) else VoteReceived(signed)
 
 
 def _check_transaction(

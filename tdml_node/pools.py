@@ -20,6 +20,7 @@ from consensus.transition import BlockContext, InvalidBlock, apply_transaction
 from consensus.types import (
     JOB_ACTIVE,
     MAX_BLOCK_TXS,
+    Address,
     Equivocation,
     FalseVerdict,
     Hash32,
@@ -41,6 +42,7 @@ from consensus.work import (
 
 Evidence = WorkFraud | FalseVerdict | Equivocation
 MAX_NONCE_GAP = 64
+MAX_EARLY = 4096
 
 
 class TxRejected(ValueError):
@@ -116,6 +118,8 @@ class WorkPool:
     def __init__(self) -> None:
         self.units: dict[bytes, UnitEntry] = {}
         self.evidence: dict[bytes, Evidence] = {}
+        self.early_units: OrderedDict[bytes, SignedWorkSubmission] = OrderedDict()
+        self.early_verdicts: OrderedDict[bytes, SignedVerdict] = OrderedDict()
 
     def get(self, sid: bytes) -> UnitEntry | None:
         return self.units.get(sid)
@@ -150,10 +154,11 @@ class WorkPool:
         self.evidence[digest] = ev
         return True
 
-    def unit_for(self, job_id: bytes, step: int, shard: int) -> UnitEntry | None:
+    def unit_for(self, job_id: bytes, step: int, shard: int, trainer: bytes) -> UnitEntry | None:
+        """The unit of (job, step, shard) from ``trainer`` (an address), if the pool has one."""
         for entry in self.units.values():
             s = entry.signed.submission
-            if s.job == job_id and s.step == step and s.shard == shard:
+            if s.job == job_id and s.step == step and s.shard == shard and crypto.address_of(s.trainer) == trainer:
                 return entry
         return None
 
@@ -214,18 +219,57 @@ class WorkPool:
         return tuple(chosen)
 
     def prune(self, state: LedgerState) -> None:
-        """Forget units of finished steps and evidence that no longer applies."""
+        """Forget units of finished steps or moved shards, and evidence that no longer applies."""
         for sid, entry in list(self.units.items()):
             s = entry.signed.submission
             job = state.jobs.get(s.job)
-            if job is None or job.status != JOB_ACTIVE or s.step < job.step or job.accepted[s.shard] is not None:
+            if (
+                job is None
+                or job.status != JOB_ACTIVE
+                or s.step < job.step
+                or job.accepted[s.shard] is not None
+                or job.assignment[s.shard] != crypto.address_of(s.trainer)
+            ):
                 del self.units[sid]
         for digest, ev in list(self.evidence.items()):
-            if state.get_account(_offender(ev)).slashed:
+            if state.get_account(_offender(ev)).slashed or _is_stale(ev, state):
                 del self.evidence[digest]
+        for sid, signed in list(self.early_units.items()):
+            job = state.jobs.get(signed.submission.job)
+            if job is not None and (job.status != JOB_ACTIVE or signed.submission.step < job.step):
+                del self.early_units[sid]
+
+    # Gossip can arrive before the block that makes it valid (a unit of a step
+    # this node has not committed yet, a verdict on a unit it has not seen).
+    # The network delivers each message once, so such messages wait here
+    # (bounded, oldest dropped first) and are retried after each commit.
+
+    def hold_unit(self, signed: SignedWorkSubmission) -> None:
+        self.early_units[submission_id(signed.submission)] = signed
+        while len(self.early_units) > MAX_EARLY:
+            self.early_units.pop(next(iter(self.early_units)))
+
+    def hold_verdict(self, signed: SignedVerdict) -> None:
+        self.early_verdicts[crypto.hash_value(signed)] = signed
+        while len(self.early_verdicts) > MAX_EARLY:
+            self.early_verdicts.pop(next(iter(self.early_verdicts)))
+
+    def take_early(self) -> tuple[list[SignedWorkSubmission], list[SignedVerdict]]:
+        units, verdicts = list(self.early_units.values()), list(self.early_verdicts.values())
+        self.early_units.clear()
+        self.early_verdicts.clear()
+        return units, verdicts
 
 
-def _offender(ev: Evidence) -> bytes:
+def _is_stale(ev: Evidence, state: LedgerState) -> bool:
+    if isinstance(ev, Equivocation):
+        return False
+    sub = ev.submission.submission
+    job = state.jobs.get(sub.job)
+    return job is None or job.status != JOB_ACTIVE or sub.step != job.step
+
+
+def _offender(ev: Evidence) -> Address:
     if isinstance(ev, Equivocation):
         return crypto.address_of(ev.vote_a.vote.validator)
     if isinstance(ev, WorkFraud):

@@ -21,14 +21,17 @@ entry points (``on_transaction``, the blob store).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
+from aiohttp import WSMsgType, web
 
 from consensus import crypto
 from consensus.codec import DecodeError, decode_as, encode
@@ -52,7 +55,7 @@ from tdml_node.jsonview import f32, hex0x, to_json
 from tdml_node.pools import TxRejected, tx_hash
 
 if TYPE_CHECKING:
-    from tdml_node.node import Node
+    from tdml_node.node import CommittedBlock, Node
 
 log = logging.getLogger("tdml.rpc")
 
@@ -66,6 +69,7 @@ TX_REJECTED = -32010
 MAX_RPC_BODY = 4 * 1024 * 1024
 MAX_BLOB_BODY = 256 * 1024 * 1024
 MAX_BATCH = 100
+MAX_WS_BACKLOG = 256
 _REQUIRED = object()
 
 
@@ -188,6 +192,7 @@ class RpcServer:
         app.router.add_get("/metrics", self.handle_metrics)
         app.router.add_get("/blob/{digest}", self.handle_get_blob)
         app.router.add_post("/blob", self.handle_put_blob)
+        app.router.add_get("/ws", self.handle_ws)
         return app
 
     async def start(self) -> int:
@@ -453,7 +458,79 @@ class RpcServer:
         return self.node.network.peers()
 
     async def syncing(self) -> Any:
-        return False
+        """False when in step with peers, else how far behind (Ethereum's eth_syncing shape)."""
+        node = self.node
+        highest = max(node.syncing_to, node.network.best_peer_height())
+        if highest <= node.state.height + 1:
+            return False
+        return {"currentBlock": node.state.height, "highestBlock": highest}
+
+    # ------------------------------------------------------ websocket
+
+    async def handle_ws(self, request: web.Request) -> web.WebSocketResponse:
+        """JSON-RPC over a websocket, plus ``tdml_subscribe(["newBlocks"])`` notifications."""
+        ws = web.WebSocketResponse(heartbeat=30, max_msg_size=MAX_RPC_BODY)
+        await ws.prepare(request)
+        outbox: asyncio.Queue[Any] = asyncio.Queue(maxsize=MAX_WS_BACKLOG)
+        subscriptions: set[str] = set()
+        overflow = asyncio.Event()
+
+        def on_block(committed: CommittedBlock) -> None:
+            if not subscriptions or overflow.is_set():
+                return
+            summary = _block_summary(committed)
+            for sub_id in subscriptions:
+                note = {"jsonrpc": "2.0", "method": "tdml_subscription", "params": {"subscription": sub_id, "result": summary}}
+                try:
+                    outbox.put_nowait(note)
+                except asyncio.QueueFull:
+                    # A client that does not read its notifications is cut off rather than buffered forever.
+                    overflow.set()
+                    return
+
+        async def writer() -> None:
+            while not ws.closed:
+                if overflow.is_set():
+                    await ws.close(message=b"notifications backlog full")
+                    return
+                await ws.send_str(json.dumps(await outbox.get()))
+
+        self.node.add_block_listener(on_block)
+        send_task = asyncio.create_task(writer())
+        try:
+            async for msg in ws:
+                if msg.type != WSMsgType.TEXT:
+                    continue
+                answer = await self._ws_request(msg.data, subscriptions)
+                if answer is not None:
+                    await outbox.put(answer)
+        finally:
+            self.node.remove_block_listener(on_block)
+            send_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await send_task
+        return ws
+
+    async def _ws_request(self, text: str, subscriptions: set[str]) -> Any:
+        try:
+            payload = json.loads(text)
+        except ValueError as exc:
+            return _error(None, PARSE_ERROR, f"parse error: {exc}")
+        if isinstance(payload, dict) and payload.get("method") in ("tdml_subscribe", "tdml_unsubscribe"):
+            rid = payload.get("id")
+            params = payload.get("params", [])
+            if not isinstance(params, list) or len(params) != 1 or not isinstance(params[0], str):
+                return _error(rid, INVALID_PARAMS, "expected one string param")
+            if payload["method"] == "tdml_subscribe":
+                if params[0] != "newBlocks":
+                    return _error(rid, INVALID_PARAMS, "the only subscription is 'newBlocks'")
+                sub_id = "0x" + os.urandom(8).hex()
+                subscriptions.add(sub_id)
+                return {"jsonrpc": "2.0", "id": rid, "result": sub_id}
+            found = params[0] in subscriptions
+            subscriptions.discard(params[0])
+            return {"jsonrpc": "2.0", "id": rid, "result": found}
+        return await self.dispatch(payload)
 
     # ---------------------------------------------------------- views
 
@@ -505,6 +582,20 @@ class RpcServer:
             spec=to_json(job.spec),
         )
         return view
+
+
+def _block_summary(committed: CommittedBlock) -> dict[str, Any]:
+    block = committed.block
+    return {
+        "number": block.header.height,
+        "hash": hex0x(committed.block_hash),
+        "round": committed.commit.round,
+        "proposer": hex0x(block.header.proposer),
+        "transactions": len(block.body.transactions),
+        "submissions": len(block.body.submissions),
+        "evidence": len(block.body.evidence),
+        "outcomes": [_outcome_view(o) for o in block.body.outcomes],
+    }
 
 
 def _outcome_view(o: Any) -> Any:

@@ -285,7 +285,9 @@ class TorchExecutor:
         if len(submission.checkpoint_digests) != h or len(submission.losses) != h:
             return FAILURE_MALFORMED
         if not self.blobs.has(submission.result_digest):
-            raise WorkUnavailable(f"result blob {submission.result_digest.hex()} is missing")
+            raise WorkUnavailable(
+                f"result blob {submission.result_digest.hex()} is missing", submission.result_digest
+            )
         ctx = self._enter(spec)
         start = self._model_state(job.model_root, ctx.model, model_state_optimizer(spec))
         try:
@@ -328,7 +330,7 @@ class TorchExecutor:
     def _blob(self, digest: Hash32) -> bytes:
         data = self.blobs.get(digest)
         if data is None:
-            raise WorkUnavailable(f"blob {digest.hex()} is missing")
+            raise WorkUnavailable(f"blob {digest.hex()} is missing", digest)
         return data
 
     def _dataset(self, spec: JobSpec, dtype: torch.dtype, device: torch.device) -> Dataset:

@@ -160,6 +160,7 @@ class MemoryHandler:
     height: int = 0
     tip: Hash32 = ZERO_HASH
     received: list[tuple[GossipPayload, PublicKey]] = field(default_factory=list)
+    connected: list[PublicKey] = field(default_factory=list)
     relay: bool = True
     network: object = None
 
@@ -181,6 +182,9 @@ class MemoryHandler:
 
     def status(self) -> tuple[int, Hash32]:
         return self.height, self.tip
+
+    def on_peer_connected(self, peer_id: PublicKey) -> None:
+        self.connected.append(peer_id)
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
