@@ -37,7 +37,7 @@ from consensus.validators import ValidatorSet
 EMPTY_ACCOUNT = Account(
     balance=Amount(0), nonce=0, stake=Amount(0), roles=0, public_key=None, endpoint="", slashed=False
 )
-EMPTY_RECORD = WorkRecord(0, 0, 0, 0, 0, 0, Amount(0))
+EMPTY_RECORD = WorkRecord(0, 0, 0, 0, 0, 0, Amount(0), 0, Height(0))
 
 
 @dataclass(frozen=True)
@@ -133,6 +133,16 @@ def get_validator_set(state: LedgerState) -> ValidatorSet:
     return ValidatorSet.of(powers)
 
 
-def get_trainers(state: LedgerState) -> tuple[Address, ...]:
-    """Eligible trainers in address order."""
-    return tuple(sorted(a for a, acct in state.accounts.items() if is_trainer(state.params, acct)))
+def get_trainers(state: LedgerState, at_height: int | None = None) -> tuple[Address, ...]:
+    """Trainers in address order; with ``at_height``, only those that may be given work then.
+
+    A benched trainer (one whose units timed out) sits out until its bench ends.
+    """
+    return tuple(
+        sorted(
+            a
+            for a, acct in state.accounts.items()
+            if is_trainer(state.params, acct)
+            and (at_height is None or state.get_record(a).benched_until <= at_height)
+        )
+    )

@@ -75,6 +75,7 @@ from consensus.work import (
 )
 
 SUPPORTED_TASKS = ("classification", "char_lm")
+MAX_MISSED_STREAK = 10
 SUPPORTED_OPTIMIZERS = ("sgd", "adamw")
 SUPPORTED_SCHEDULES = ("constant", "linear")
 _DECIMAL = re.compile(r"^\d{1,12}(\.\d{1,16})?([eE]-?\d{1,3})?$")
@@ -394,7 +395,7 @@ def _validate_args(pairs: list[tuple[str, str]], *, decimal: bool) -> None:
 
 
 def _start_step(state: LedgerState, job: JobState, ctx: BlockContext) -> JobState:
-    trainers = get_trainers(state)
+    trainers = get_trainers(state, ctx.height)
     k = job.spec.shards
     if not trainers:
         return dataclasses.replace(
@@ -413,12 +414,16 @@ def _start_step(state: LedgerState, job: JobState, ctx: BlockContext) -> JobStat
     )
 
 
-def _reassign(state: LedgerState, job: JobState, shard: int, ctx: BlockContext) -> JobState:
-    eligible = get_trainers(state)
-    new_holder = compute_reassignment(job.assignment, shard, eligible, job.step_seed)
+def _reassign(state: LedgerState, job: JobState, shard: int, ctx: BlockContext, *, timed_out: bool) -> JobState:
     old = job.assignment[shard]
     rec = state.get_record(old)
+    if timed_out:
+        streak = min(rec.missed_streak + 1, MAX_MISSED_STREAK)
+        bench = job.spec.verification.unit_timeout_blocks * (1 << streak)
+        rec = dataclasses.replace(rec, missed_streak=streak, benched_until=Height(ctx.height + bench))
     state.records[old] = dataclasses.replace(rec, units_reassigned=rec.units_reassigned + 1)
+    eligible = get_trainers(state, ctx.height)
+    new_holder = compute_reassignment(job.assignment, shard, eligible, job.step_seed)
     if new_holder is None:
         return dataclasses.replace(job, status=JOB_STALLED)
     assignment = list(job.assignment)
@@ -432,14 +437,14 @@ def _apply_deadlines(state: LedgerState, ctx: BlockContext) -> None:
     for job_id in sorted(state.jobs):
         job = state.jobs[job_id]
         if job.status == JOB_STALLED:
-            if get_trainers(state):
+            if get_trainers(state, ctx.height):
                 state.jobs[job_id] = _start_step(state, job, ctx)
             continue
         if job.status != JOB_ACTIVE:
             continue
         for shard in range(job.spec.shards):
             if job.accepted[shard] is None and job.deadlines[shard] <= ctx.height:
-                job = _reassign(state, job, shard, ctx)
+                job = _reassign(state, job, shard, ctx, timed_out=True)
                 if job.status == JOB_STALLED:
                     break
         state.jobs[job_id] = job
@@ -453,7 +458,7 @@ def _reassign_trainer(state: LedgerState, trainer: Address, ctx: BlockContext) -
             continue
         for shard in range(job.spec.shards):
             if job.assignment[shard] == trainer and job.accepted[shard] is None:
-                job = _reassign(state, job, shard, ctx)
+                job = _reassign(state, job, shard, ctx, timed_out=False)
                 if job.status == JOB_STALLED:
                     break
         state.jobs[job_id] = job
@@ -514,7 +519,7 @@ def _apply_work(state: LedgerState, ctx: BlockContext, body: BlockBody, validato
         state.jobs[sub.job] = dataclasses.replace(job, accepted=tuple(accepted), results=tuple(results))
         trainer = crypto.address_of(sub.trainer)
         rec = state.get_record(trainer)
-        state.records[trainer] = dataclasses.replace(rec, units_accepted=rec.units_accepted + 1)
+        state.records[trainer] = dataclasses.replace(rec, units_accepted=rec.units_accepted + 1, missed_streak=0)
         _pay(state, sub.job, trainer, job.spec.reward_per_unit)
         for key in signers:
             addr = crypto.address_of(key)

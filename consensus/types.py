@@ -464,7 +464,12 @@ class Account:
 @message(61)
 @dataclass(frozen=True, slots=True)
 class WorkRecord:
-    """What a node has done for the chain's jobs, as trainer and as validator."""
+    """What a node has done for the chain's jobs, as trainer and as validator.
+
+    A trainer whose unit timed out sits out new assignments until
+    ``benched_until``; each consecutive timeout (``missed_streak``) doubles
+    the wait, and an accepted unit resets the streak.
+    """
 
     units_accepted: int
     units_rejected: int
@@ -473,6 +478,8 @@ class WorkRecord:
     false_verdicts: int
     times_slashed: int
     rewards: Amount
+    missed_streak: int
+    benched_until: Height
 
 
 @message(62)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from functools import lru_cache
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -132,7 +133,10 @@ class WorkExecutor(WorkOracle, Protocol):
 # Identities and randomness
 
 
+@lru_cache(maxsize=4096)
 def submission_id(submission: WorkSubmission) -> Hash32:
+    # Asked for many times per unit (pool, proposal, validation, RPC); the
+    # value is frozen, so its hash is remembered.
     return crypto.hash_value(submission)
 
 

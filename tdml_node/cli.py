@@ -260,6 +260,72 @@ def rpc_call(method: str, params: tuple[str, ...], url: str) -> None:
     click.echo(json.dumps(result, indent=2))
 
 
+# ------------------------------------------------------------ register
+
+
+@main.command()
+@click.option("--home", type=click.Path(exists=True, path_type=Path), required=True, help=HOME_HELP)
+@click.option("--stake", type=click.IntRange(1), required=True, help="Amount to bond from the node's balance.")
+@click.option(
+    "--roles",
+    type=click.Choice(["trainer", "validator", "both"]),
+    default="trainer",
+    show_default=True,
+    help="What the node does for the chain.",
+)
+@click.option("--passphrase-file", type=click.Path(exists=True, path_type=Path), help=PASS_HELP)
+@click.option("--url", default="http://127.0.0.1:8645", show_default=True, envvar="TDML_RPC", help="Node RPC URL.")
+def register(home: Path, stake: int, roles: str, passphrase_file: Path | None, url: str) -> None:
+    """Register this node (its key in HOME) as trainer and/or validator, bonding STAKE.
+
+    The node's account must hold the stake; fund it with a transfer first.
+    """
+    from consensus.types import ROLE_TRAINER, ROLE_VALIDATOR
+    from tdml_node.client import NodeClient, RpcCallError, make_register
+
+    config = load_config(home)
+    role_bits = {"trainer": ROLE_TRAINER, "validator": ROLE_VALIDATOR, "both": ROLE_TRAINER | ROLE_VALIDATOR}[roles]
+    try:
+        insecure = _is_insecure_key(config.key_file)
+        key = read_key_file(config.key_file, None if insecure else _passphrase(passphrase_file), allow_insecure=True)
+        client = NodeClient(url)
+        chain_id = client.call("tdml_nodeInfo")["chainId"]
+        endpoint = config.external_address or f"{config.p2p_host}:{config.p2p_port}"
+        tx = make_register(key, chain_id, client.next_nonce(key), stake, role_bits, endpoint)
+        click.echo(client.send_transaction(tx))
+    except (KeyFileError, RpcCallError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command()
+@click.option("--key", "key_file", type=click.Path(exists=True, path_type=Path), required=True, help="Key file of the paying account.")
+@click.option("--to", "to_hex", required=True, help="Recipient address (0x, 20 bytes) or public key (32 bytes).")
+@click.option("--amount", type=click.IntRange(1), required=True, help="Amount to transfer.")
+@click.option("--passphrase-file", type=click.Path(exists=True, path_type=Path), help=PASS_HELP)
+@click.option("--url", default="http://127.0.0.1:8645", show_default=True, envvar="TDML_RPC", help="Node RPC URL.")
+def transfer(key_file: Path, to_hex: str, amount: int, passphrase_file: Path | None, url: str) -> None:
+    """Send AMOUNT from the key's account to another account."""
+    from consensus.crypto import address_of
+    from tdml_node.client import NodeClient, RpcCallError, make_transfer
+
+    try:
+        to = bytes.fromhex(to_hex.removeprefix("0x"))
+    except ValueError as exc:
+        raise click.BadParameter("not hex", param_hint="--to") from exc
+    if len(to) == 32:
+        to = address_of(to)
+    if len(to) != 20:
+        raise click.BadParameter("an address is 20 bytes (or a 32-byte public key)", param_hint="--to")
+    try:
+        insecure = _is_insecure_key(key_file)
+        key = read_key_file(key_file, None if insecure else _passphrase(passphrase_file), allow_insecure=True)
+        client = NodeClient(url)
+        chain_id = client.call("tdml_nodeInfo")["chainId"]
+        click.echo(client.send_transaction(make_transfer(key, chain_id, client.next_nonce(key), to, amount)))
+    except (KeyFileError, RpcCallError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 # ----------------------------------------------------------------- job
 
 

@@ -331,11 +331,14 @@ class Node:
             log.debug("consensus rejected a message: %s", action.reason)
 
     async def _broadcast_own(self, message: Proposal | Vote) -> None:
+        # The guard's synced write happens in a thread, but the loop waits for
+        # it: nothing is sent before the record is on disk.
         try:
             if isinstance(message, Proposal):
-                signed: SignedProposal | SignedVote = SignedProposal(message, self.privval.sign_proposal(message))
+                sig = await asyncio.to_thread(self.privval.sign_proposal, message)
+                signed: SignedProposal | SignedVote = SignedProposal(message, sig)
             else:
-                signed = SignedVote(message, self.privval.sign_vote(message))
+                signed = SignedVote(message, await asyncio.to_thread(self.privval.sign_vote, message))
         except DoubleSignRefused as exc:
             log.error("refused to sign: %s", exc)
             return

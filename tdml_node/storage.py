@@ -180,7 +180,10 @@ class ChainStore:
         return digest
 
     def has(self, digest: Hash32) -> bool:
-        return self._db.get(b"x" + digest) is not None
+        # A key-only seek, so checking for a large blob does not copy it.
+        key = b"x" + digest
+        with self._db.iterator(start=key, include_value=False) as it:
+            return next(it, None) == key
 
     def delete_blobs(self, digests: Iterable[Hash32]) -> None:
         with self._write(sync=False) as wb:

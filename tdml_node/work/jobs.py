@@ -47,7 +47,7 @@ def optimizer_spec(name: str, **params: str) -> OptimizerSpec:
 
 
 CONSTANT = ScheduleSpec(name="constant", warmup_steps=0, final_fraction=Decimal("1"))
-EXACT = VerificationPolicy(checked_steps=1, checkers_per_unit=0, tolerance=Decimal("0"), unit_timeout_blocks=20)
+EXACT = VerificationPolicy(checked_steps=1, checkers_per_unit=0, tolerance=Decimal("0"), unit_timeout_blocks=5)
 
 
 def make_job(
