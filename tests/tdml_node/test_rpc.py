@@ -216,3 +216,29 @@ async def test_health_metrics_and_blobs(live: LiveNode) -> None:
         assert resp.status == 404
     async with live.http.get(f"{base}/blob/xyz") as resp:
         assert resp.status == 400
+
+
+async def test_websocket_methods_and_new_block_subscription(live: LiveNode) -> None:
+    async with live.http.ws_connect(live.url + "ws") as ws:
+        await ws.send_json({"jsonrpc": "2.0", "id": 1, "method": "tdml_subscribe", "params": ["newThings"]})
+        assert (await ws.receive_json(timeout=10))["error"]["code"] == INVALID_PARAMS
+        await ws.send_json({"jsonrpc": "2.0", "id": 2, "method": "tdml_subscribe", "params": ["newBlocks"]})
+        sub_id = (await ws.receive_json(timeout=10))["result"]
+        notes = []
+        async with asyncio.timeout(20):
+            while len(notes) < 2:
+                msg = await ws.receive_json()
+                if msg.get("method") == "tdml_subscription":
+                    assert msg["params"]["subscription"] == sub_id
+                    notes.append(msg["params"]["result"])
+        assert notes[1]["number"] == notes[0]["number"] + 1
+        await ws.send_json({"jsonrpc": "2.0", "id": 3, "method": "tdml_blockNumber"})
+        await ws.send_json({"jsonrpc": "2.0", "id": 4, "method": "tdml_unsubscribe", "params": [sub_id]})
+        answers: dict[int, Any] = {}
+        async with asyncio.timeout(20):
+            while len(answers) < 2:
+                msg = await ws.receive_json()
+                if "id" in msg:
+                    answers[msg["id"]] = msg
+        assert answers[3]["result"] >= notes[1]["number"]
+        assert answers[4]["result"] is True
