@@ -119,7 +119,7 @@ def encode(value: Any) -> bytes:
     return packed
 
 
-def decode(data: bytes, expected: Any, *, max_size: int = DEFAULT_MAX_MESSAGE) -> Any:
+def decode(data: bytes | bytearray | memoryview, expected: Any, *, max_size: int = DEFAULT_MAX_MESSAGE) -> Any:
     """Decode canonical bytes into a value of ``expected`` (a message or a union of them)."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise DecodeError(f"expected bytes, got {type(data).__name__}")
@@ -161,6 +161,14 @@ def tag_of(cls: type) -> int:
 
 def registered_messages() -> dict[int, type]:
     return dict(_BY_TAG)
+
+
+def get_scalar_rule(newtype: Any) -> _ScalarRule | None:
+    """The range or length rule registered for a ``NewType`` (None when it has none).
+
+    Read by property tests that generate values within the declared bounds.
+    """
+    return _SCALARS.get(newtype)
 
 
 # ---------------------------------------------------------------------------

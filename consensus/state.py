@@ -70,12 +70,16 @@ class LedgerState:
         return self.records.get(address, EMPTY_RECORD)
 
     def snapshot(self) -> StateSnapshot:
+        # An account with nothing in it and no record is the same as no account
+        # (a transfer of 0 to a fresh address creates one), so it is left out:
+        # otherwise a node that reloaded its state would compute another root.
         addresses = sorted(set(self.accounts) | set(self.records))
+        entries = (AccountEntry(a, self.get_account(a), self.get_record(a)) for a in addresses)
         return StateSnapshot(
             chain_id=self.chain_id,
             height=self.height,
             params=self.params,
-            accounts=tuple(AccountEntry(a, self.get_account(a), self.get_record(a)) for a in addresses),
+            accounts=tuple(e for e in entries if e.account != EMPTY_ACCOUNT or e.record != EMPTY_RECORD),
             jobs=tuple(self.jobs[j] for j in sorted(self.jobs)),
             last_validators=self.last_validators,
         )

@@ -56,13 +56,17 @@ STEP_NAMES = {STEP_PROPOSE: "propose", STEP_PREVOTE: "prevote", STEP_PRECOMMIT: 
 MAX_ROUND_AHEAD = 64
 MAX_BUFFERED = 4096
 MAX_VOTES_PER_SIGNER = 4
-"""Distinct votes of one validator kept per round and kind.
+"""Votes of one validator per round and kind kept for values nobody else backs.
 
-An honest validator casts one. An equivocator's votes each count for the
+An honest validator casts one vote. An equivocator's votes each count for the
 value they name, as the paper counts messages: another node may have locked
 on one of them, and unless that vote counts here too, that node's proof of
-lock can never be reproduced and the height never ends. The cap keeps a
-spamming equivocator from exhausting memory; its equivocation is reported.
+lock can never be reproduced and the height never ends. A vote for a value
+that matters (nil, a proposed block, or a value another validator voted for
+in the same round and kind) is always kept, and there are at most about as
+many such values as validators; only votes for values nobody else backs are
+capped, so a spamming equivocator can neither exhaust memory nor crowd out
+the vote that completes someone's proof of lock. Equivocation is reported.
 """
 
 # ---------------------------------------------------------------------------
@@ -206,6 +210,7 @@ class TendermintCore:
         self.valid_value: Block | None = None  # L8
         self.valid_round = -1  # L9
         self.proposals: dict[int, SignedProposal] = {}
+        self._proposed_ids: set[bytes] = set()  # block hashes of the proposals above
         self.votes: dict[int, _RoundVotes] = {}
         self.validity: dict[bytes, bool] = {}
         self._validation_requested: set[bytes] = set()
@@ -245,7 +250,9 @@ class TendermintCore:
     # ---------------------------------------------------------- event arms
 
     def _on_start_height(self, event: StartHeight, out: list[Action]) -> None:
-        if self.started and event.height <= self.height:
+        if event.height <= self.height:
+            # Also after a decision (when ``started`` is off): re-running a height
+            # would vote on it again from round 0 and could sign conflicting votes.
             out.append(Rejected(f"height {event.height} already started"))
             return
         buffered = [e for e in self._future if self._event_height(e) == event.height]
@@ -278,6 +285,7 @@ class TendermintCore:
             return  # the first proposal of a round counts; another is the proposer's fault, not ours
         self.proposals[p.round] = signed
         block_hash = compute_block_hash(p.block.header)
+        self._proposed_ids.add(block_hash)
         if block_hash not in self.validity and block_hash not in self._validation_requested:
             self._validation_requested.add(block_hash)
             out.append(RequestValidation(self.height, p.round, p.block))
@@ -303,9 +311,16 @@ class TendermintCore:
         prior = [sv for (k, _), sv in slot.items() if k == v.validator]
         if prior:
             out.append(EvidenceFound(Equivocation(prior[0], signed)))
-            if len(prior) >= MAX_VOTES_PER_SIGNER:
+            unbacked = [sv for sv in prior if not self._is_backed(slot, sv.vote)]
+            if not self._is_backed(slot, v) and len(unbacked) >= MAX_VOTES_PER_SIGNER:
                 return
         slot[(v.validator, v.block_hash)] = signed
+
+    def _is_backed(self, slot: dict[tuple[bytes, Hash32 | None], SignedVote], v: Vote) -> bool:
+        """Whether ``v``'s value could be part of a quorum besides its signer's word."""
+        if v.block_hash is None or v.block_hash in self._proposed_ids:
+            return True
+        return any(h == v.block_hash and k != v.validator for k, h in slot)
 
     def _on_value(self, event: ValueReady, out: list[Action]) -> None:
         # L18-L19, completed asynchronously: getValue() returned.

@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 
 from consensus import crypto
-from consensus.codec import encode
+from consensus.codec import EncodeError, encode
 from consensus.state import (
     LedgerState,
     get_trainers,
@@ -43,6 +43,7 @@ from consensus.types import (
     BlockHeader,
     CommitCertificate,
     Equivocation,
+    FalsePass,
     FalseVerdict,
     Genesis,
     Hash32,
@@ -166,7 +167,11 @@ def apply_block(state: LedgerState, block: Block, work: WorkOracle | None) -> Bl
     validate_last_commit(state, block)
     ctx = BlockContext(header.chain_id, header.height, header.parent_hash, header.proposer)
     result = apply_body(state, ctx, block.body, work)
-    if result.state.root != header.state_root:
+    try:
+        root = result.state.root
+    except EncodeError as exc:  # a balance or counter pushed past its bound (e.g. u64)
+        raise InvalidBlock(f"the block overflows a bounded field: {exc}") from exc
+    if root != header.state_root:
         raise InvalidBlock("state root does not match the result of executing the block")
     final = dataclasses.replace(result.state, tip_hash=compute_block_hash(header))
     return BlockResult(final, result.completed)
@@ -495,7 +500,7 @@ def _apply_work(state: LedgerState, ctx: BlockContext, body: BlockBody, validato
         except WorkRejected as exc:
             raise InvalidBlock(f"submission rejected: {exc}") from exc
         sid = submission_id(sub)
-        need = required_checkers(job.spec, validators)
+        need = required_checkers(job.spec, validators, sub.trainer)
         ranked = compute_checkers(job, sub.shard, sub.trainer, validators)
         allowed = ranked[: need + validators.max_faulty]
         signers: list[bytes] = []
@@ -576,7 +581,7 @@ def _complete_steps(
 def _apply_evidence(
     state: LedgerState,
     ctx: BlockContext,
-    ev: WorkFraud | FalseVerdict | Equivocation,
+    ev: WorkFraud | FalseVerdict | FalsePass | Equivocation,
     validators: ValidatorSet,
     work: WorkOracle | None,
 ) -> None:
@@ -598,7 +603,10 @@ def _apply_evidence(
     job = state.jobs.get(sub.job)
     if job is None or job.status != JOB_ACTIVE or sub.step != job.step:
         raise InvalidBlock("evidence about a unit of no step in progress")
-    if not 0 <= sub.shard < job.spec.shards or crypto.address_of(sub.trainer) != job.assignment[sub.shard]:
+    if not 0 <= sub.shard < job.spec.shards:
+        raise InvalidBlock("evidence about a shard the job does not have")
+    # A false pass is the validator's fault; its unit's trainer may already be slashed and replaced.
+    if not isinstance(ev, FalsePass) and crypto.address_of(sub.trainer) != job.assignment[sub.shard]:
         raise InvalidBlock("evidence about a unit its trainer was not assigned")
     if not crypto.verify_value(sub.trainer, crypto.DOMAIN_WORK, state.chain_id, sub, ev.submission.signature):
         raise InvalidBlock("bad trainer signature in evidence")
@@ -606,6 +614,16 @@ def _apply_evidence(
         validate_verdict(state.chain_id, job, sub, ev.verdict, validators)
     except WorkRejected as exc:
         raise InvalidBlock(f"evidence verdict rejected: {exc}") from exc
+    if isinstance(ev, FalsePass):
+        if verdict.failure:
+            raise InvalidBlock("false-pass evidence needs a passing verdict")
+        if work is not None and not work.recheck_pass(job, sub, verdict):
+            raise InvalidBlock("evidence does not re-check: the passed steps replay correctly")
+        signer = crypto.address_of(verdict.validator)
+        rec = state.get_record(signer)
+        state.records[signer] = dataclasses.replace(rec, false_verdicts=rec.false_verdicts + 1)
+        _slash(state, signer, reporter=crypto.address_of(ctx.proposer), ctx=ctx)
+        return
     if not verdict.failure:
         raise InvalidBlock("evidence needs a failing verdict")
     if work is not None:

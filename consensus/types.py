@@ -327,6 +327,15 @@ class FalseVerdict:
     verdict: SignedVerdict
 
 
+@message(33)
+@dataclass(frozen=True, slots=True)
+class FalsePass:
+    """A passing verdict on a unit whose checked steps fail on re-check: the validator did not check it."""
+
+    submission: SignedWorkSubmission
+    verdict: SignedVerdict
+
+
 # ---------------------------------------------------------------------------
 # Consensus messages
 
@@ -360,7 +369,7 @@ class Equivocation:
     vote_b: SignedVote
 
 
-Evidence = WorkFraud | FalseVerdict | Equivocation
+Evidence = WorkFraud | FalseVerdict | FalsePass | Equivocation
 
 
 @message(43)

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from functools import lru_cache
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Protocol
 
 from consensus import crypto
@@ -82,6 +82,20 @@ class ReplayOutput:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplayComparison:
+    """(Tolerance jobs) an inner step's replay measured against the trainer's claimed output.
+
+    ``digest`` and ``loss`` are what the replay produced; ``distance`` is the
+    largest relative difference between claim and replay (a local
+    measurement that only decides the verdict, never consensus data).
+    """
+
+    digest: Hash32
+    loss: int
+    distance: float
+
+
+@dataclass(frozen=True, slots=True)
 class CheckResult:
     failure: int
     failed_step: int
@@ -112,6 +126,10 @@ class WorkOracle(Protocol):
         """Re-run the one check a failing verdict names; True when the failure is real."""
         ...
 
+    def recheck_pass(self, job: JobState, submission: WorkSubmission, verdict: Verdict) -> bool:
+        """Re-run the checks a passing verdict claims; True when one of them fails (the pass was false)."""
+        ...
+
 
 class WorkExecutor(WorkOracle, Protocol):
     """The trainer's and checker's side of the model work."""
@@ -122,6 +140,14 @@ class WorkExecutor(WorkOracle, Protocol):
 
     def replay_step(self, job: JobState, submission: WorkSubmission, inner: int) -> ReplayOutput:
         """Replay one inner step from the submission's checkpoint before it."""
+        ...
+
+    def compare_step(self, job: JobState, submission: WorkSubmission, inner: int) -> ReplayComparison:
+        """(Tolerance jobs) replay one inner step and measure it against the claimed output.
+
+        The claim is the result bundle when H = 1, else checkpoint ``inner + 1``;
+        ``InvalidWork`` when a blob it reads is malformed.
+        """
         ...
 
     def check_result(self, job: JobState, submission: WorkSubmission) -> int:
@@ -203,10 +229,18 @@ def compute_reassignment(
     return min(others, key=key)
 
 
-def required_checkers(spec: JobSpec, validators: ValidatorSet) -> int:
-    """How many pass verdicts a unit needs: the policy's count, or f + 1, capped by the set size."""
+def required_checkers(spec: JobSpec, validators: ValidatorSet, trainer_key: bytes | None = None) -> int:
+    """How many pass verdicts a unit needs: the policy's count, or f + 1.
+
+    Capped by the number of validators who may check the unit (all but its
+    trainer, unless the trainer is the only validator), so a shrinking
+    validator set never leaves a unit unable to collect its verdicts.
+    """
     wanted = spec.verification.checkers_per_unit or validators.max_faulty + 1
-    return max(1, min(wanted, len(validators)))
+    eligible = len(validators)
+    if trainer_key is not None and trainer_key in validators and eligible > 1:
+        eligible -= 1
+    return max(1, min(wanted, eligible))
 
 
 def compute_checkers(
@@ -299,17 +333,36 @@ def validate_verdict(
         raise WorkRejected("bad verdict signature")
 
 
+def replay_tolerance(spec: JobSpec) -> float | None:
+    """The relative distance a replayed step may differ by; None for a bit-exact job (``"0"``).
+
+    The same test as ``validate_submission``'s: only an exact job requires
+    the job's profile, so only it can compare digests.
+    """
+    tolerance = spec.verification.tolerance
+    return None if tolerance == "0" else float(tolerance)
+
+
 def check_unit(executor: WorkExecutor, job: JobState, submission: WorkSubmission, steps: Sequence[int]) -> CheckResult:
     """The checker's procedure: parent state, then each sampled step, then the result.
 
     Stops at the first failure. The same procedure, restricted to the one
-    failing check, is what ``WorkOracle.recheck`` runs for evidence.
+    failing check, is what ``WorkOracle.recheck`` runs for evidence. In a
+    tolerance job a replayed step passes when its distance from the claim is
+    within the tolerance (``WorkExecutor.compare_step``) instead of when the
+    digests are equal; the H > 1 result check stays exact.
     """
     if submission.parent_model_root != job.model_root:
         return CheckResult(FAILURE_PARENT, -1, job.model_root, 0)
     h = job.spec.inner_steps
+    tolerance = replay_tolerance(job.spec)
     for inner in steps:
         try:
+            if tolerance is not None:
+                near = executor.compare_step(job, submission, inner)
+                if not near.distance <= tolerance:  # a NaN distance fails too
+                    return CheckResult(FAILURE_REPLAY, inner, near.digest, near.loss)
+                continue
             out = executor.replay_step(job, submission, inner)
         except InvalidWork:
             return CheckResult(FAILURE_MALFORMED, -1, ZERO_HASH, 0)

@@ -33,6 +33,7 @@ from consensus.codec import (
 )
 from consensus.types import (
     Equivocation,
+    FalsePass,
     FalseVerdict,
     Hash32,
     Height,
@@ -169,6 +170,7 @@ GossipPayload = (
     | SignedVerdict
     | WorkFraud
     | FalseVerdict
+    | FalsePass
     | Equivocation
 )
 

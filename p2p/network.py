@@ -257,6 +257,7 @@ class P2PNetwork:
         self._conns: set[_Conn] = set()
         self._peers: dict[bytes, _Conn] = {}
         self._dialing: set[str] = set()
+        self._partitioned: set[bytes] = set()
         self._pending: dict[int, _Pending] = {}
         self._next_req_id = 1
         self._tasks: set[asyncio.Task[None]] = set()
@@ -345,6 +346,10 @@ class P2PNetwork:
             for key, c in sorted(self._peers.items())
         ]
 
+    def banned(self) -> list[str]:
+        """Node ids (hex) banned now."""
+        return sorted(k.hex() for k in self.book.banned_keys(self._now()))
+
     def best_peer_height(self) -> int:
         """The highest height a connected peer reports (0 with no peers)."""
         return max((c.height for c in self._peers.values()), default=0)
@@ -383,6 +388,23 @@ class P2PNetwork:
             return False
         self._enqueue(c, encode_frame(Gossip(payload)))
         return True
+
+    def set_partitioned(self, keys: set[bytes]) -> None:
+        """Cut this node off from ``keys`` until called again without them (test networks only).
+
+        Connections to them close now; they are neither dialled nor accepted.
+        """
+        self._partitioned = set(keys)
+        for key in keys:
+            c = self._peers.get(key)
+            if c is not None:
+                c.clean_close = True
+                self._close(c, "partitioned (test network)")
+
+    def send_raw_all(self, frame: bytes) -> None:
+        """Send raw bytes as a frame to every peer (test networks only: how a malformed peer is played)."""
+        for c in list(self._peers.values()):
+            self._enqueue(c, frame)
 
     def penalize(self, peer_id: bytes, reason: str, severity: int) -> None:
         """Lower a peer's score for something invalid it sent; a peer that falls too low is banned."""
@@ -478,7 +500,7 @@ class P2PNetwork:
         busy.update(c.listen_addr for c in self._peers.values() if c.listen_addr)
         busy.update(c.dial_addr for c in self._conns if c.dial_addr)
         for addr in self.book.addresses_to_dial(
-            self._now(), exclude_addrs=busy, exclude_keys=set(self._peers), limit=slots
+            self._now(), exclude_addrs=busy, exclude_keys=set(self._peers) | self._partitioned, limit=slots
         ):
             self._dialing.add(addr)
             self._spawn(self._dial(addr), f"p2p-dial-{addr}")
@@ -580,6 +602,10 @@ class P2PNetwork:
         if self.book.is_banned(now, node_key=key):
             c.clean_close = True
             self._close(c, "banned")
+            return
+        if key in self._partitioned:
+            c.clean_close = True
+            self._close(c, "partitioned (test network)")
             return
         existing = self._peers.get(key)
         if existing is not None:

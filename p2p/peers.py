@@ -285,6 +285,10 @@ class PeerBook:
             return True
         return addr is not None and self._ban_active(self._banned_addrs, addr, now)
 
+    def banned_keys(self, now: float) -> list[bytes]:
+        """Node keys banned now."""
+        return [k for k in list(self._banned_keys) if self.is_banned(now, node_key=k)]
+
     def banned_until(self, node_key: bytes, now: float) -> float | None:
         return self._banned_keys.get(node_key) if self.is_banned(now, node_key=node_key) else None
 

@@ -23,6 +23,7 @@ from rich.console import Console
 
 from consensus.crypto import Keypair
 from tdml_node import __version__
+from tdml_node.byzantine import ALL_BEHAVIOURS
 from tdml_node.config import ConfigError, NodeConfig, load_config, write_config
 from tdml_node.genesis import GenesisError, compose_genesis, read_genesis, write_genesis
 from tdml_node.keys import KeyFileError, read_key_file, read_public_key, write_key_file
@@ -136,6 +137,13 @@ def genesis_show(path: Path) -> None:
 @click.option("--dev", is_flag=True, default=None, help="Dev network: accept unencrypted keys and test-only options.")
 @click.option("--passphrase-file", type=click.Path(exists=True, path_type=Path), help=PASS_HELP)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="Log verbosity.")
+@click.option(
+    "--byzantine",
+    type=click.Choice(ALL_BEHAVIOURS),
+    help="TEST NETWORKS ONLY (refused without --dev): misbehave on purpose, for the adversarial suite and demos. "
+    "Trainers: zero, random, scale, shift, noise, skip-steps, wrong-shard, stale-parent, copy, replay-old, withhold; "
+    "validators: lazy, accuse, equivocate, approve-invalid; peers: flood, malformed.",
+)
 def run(
     home: Path,
     genesis_path: Path | None,
@@ -146,6 +154,7 @@ def run(
     dev: bool | None,
     passphrase_file: Path | None,
     log_level: str | None,
+    byzantine: str | None,
 ) -> None:
     """Run a node: join the chain of its genesis, train, validate, and serve JSON-RPC."""
     from tdml_node.app import configure_logging, serve
@@ -160,6 +169,7 @@ def run(
                 "bootstrap": bootstrap,
                 "dev": dev,
                 "log_level": log_level,
+                "byzantine": (byzantine,) if byzantine else (),
             },
         )
         genesis_doc = read_genesis(genesis_path or config.genesis_file)

@@ -50,6 +50,8 @@ class NodeConfig:
     timeout_prevote_delta_ms: int = 500
     timeout_precommit_ms: int = 1000
     timeout_precommit_delta_ms: int = 500
+    train_threads: int = 0
+    """Threads this node trains with on jobs that tolerate other profiles (0: the job's own)."""
     retain_steps: int = 8
     """Work blobs (results, checkpoints) and model states of older steps are pruned."""
     max_peers: int = 32

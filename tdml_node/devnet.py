@@ -91,7 +91,10 @@ class Devnet:
         genesis_txs: tuple[SignedTransaction, ...] = (),
         client_key: Keypair | None = None,
         config_overrides: dict[str, Any] | None = None,
+        byzantine: dict[int, str] | None = None,
+        passive: frozenset[int] = frozenset(),
     ) -> Devnet:
+        """Homes for ``count`` nodes; all but the ``passive`` ones are registered trainers and validators."""
         base.mkdir(parents=True, exist_ok=True)
         nodes = [
             DevnetNode(i, base / f"node{i}", Keypair.generate(), free_port(), free_port()) for i in range(count)
@@ -99,7 +102,7 @@ class Devnet:
         client_key = client_key or Keypair.generate()
         genesis = compose_genesis(
             chain_id,
-            [(n.keypair.public_key, f"127.0.0.1:{n.p2p_port}") for n in nodes],
+            [(n.keypair.public_key, f"127.0.0.1:{n.p2p_port}") for n in nodes if n.index not in passive],
             clients=[client_key.public_key],
             transactions=genesis_txs,
         )
@@ -111,6 +114,7 @@ class Devnet:
                 p2p_port=n.p2p_port,
                 bootstrap=peers,
                 dev=True,
+                byzantine=((byzantine or {})[n.index],) if n.index in (byzantine or {}) else (),
                 **(config_overrides or {}),
             )
             write_config(config)

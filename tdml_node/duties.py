@@ -29,6 +29,7 @@ from consensus.crypto import address_of
 from consensus.state import get_validator_set
 from consensus.types import (
     JOB_ACTIVE,
+    FalsePass,
     FalseVerdict,
     Hash32,
     JobState,
@@ -39,6 +40,7 @@ from consensus.types import (
 )
 from consensus.validators import ValidatorSet
 from consensus.work import (
+    PASSED,
     InvalidWork,
     WorkRejected,
     WorkUnavailable,
@@ -61,6 +63,7 @@ log = logging.getLogger("tdml.duties")
 T = TypeVar("T")
 
 FETCH_ATTEMPTS = 8
+MAX_FRAUDS_KEPT = 256
 
 
 class Duties:
@@ -70,6 +73,7 @@ class Duties:
         self.training: set[tuple[Hash32, int, int]] = set()
         self.checking: set[bytes] = set()
         self.first_seen: dict[bytes, float] = {}
+        self.frauds: dict[bytes, tuple[SignedWorkSubmission, JobState]] = {}
 
     # ---------------------------------------------------------- running work
 
@@ -89,7 +93,7 @@ class Duties:
     # -------------------------------------------------------------- roles
 
     def is_designated(self, job: JobState, sub: WorkSubmission, validators: ValidatorSet, *, standin: bool = False) -> bool:
-        need = required_checkers(job.spec, validators)
+        need = required_checkers(job.spec, validators, sub.trainer)
         ranked = compute_checkers(job, sub.shard, sub.trainer, validators)
         upto = need + validators.max_faulty if standin else need
         return self.node.keypair.public_key in ranked[:upto]
@@ -111,6 +115,7 @@ class Duties:
         """Start every unit assigned to this node that is not trained or training yet; check units too."""
         node = self.node
         for job in node.state.jobs.values():
+            node.byzantine.remember_root(job)
             if job.status != JOB_ACTIVE or not node.executor.can_run(job.spec):
                 continue
             for shard in range(job.spec.shards):
@@ -127,7 +132,7 @@ class Duties:
         node = self.node
         key = (job.job_id, job.step, shard)
         try:
-            unit = await self.run_work(PRIORITY_TRAIN, node.executor.train_unit, job, shard)
+            unit, faulty = await self.run_work(PRIORITY_TRAIN, node.byzantine.train, node.executor, job, shard)
         except WorkUnavailable as exc:
             log.warning("cannot train step %d shard %d yet: %s", job.step, shard, exc)
             self.training.discard(key)
@@ -147,7 +152,10 @@ class Duties:
                 losses=unit.losses,
                 receipt=unit.receipt,
             )
-            sub = node.byzantine.tamper_submission(sub, job)
+            sub, altered = node.byzantine.alter_submission(node, sub)
+            if faulty or altered:
+                node.byzantine.note_fault(node.state.height)
+                log.warning("BYZANTINE (%s): submitting a faulty unit, step %d shard %d", node.byzantine.name, job.step, shard)
             node.metrics.units_trained.inc()
             await self.on_submission(sign_submission(node.keypair, node.chain_id, sub), origin=None)
         finally:
@@ -226,7 +234,7 @@ class Duties:
         if entry is None:
             return False
         passing = sum(1 for v in entry.verdicts.values() if not v.verdict.failure)
-        return passing < required_checkers(job.spec, validators)
+        return passing < required_checkers(job.spec, validators, signed.submission.trainer)
 
     async def _check(self, signed: SignedWorkSubmission, job: JobState) -> None:
         node = self.node
@@ -237,12 +245,18 @@ class Duties:
         self.checking.add(sid)
         try:
             sample_sig, steps = sample_for(node.keypair, node.chain_id, job, sub)
-            try:
-                result = await self.run_work(PRIORITY_CHECK, check_unit, node.executor, job, sub, steps)
-            except WorkUnavailable as exc:
-                log.warning("cannot check %s yet: %s", sid.hex()[:16], exc)
-                return
-            result = node.byzantine.tamper_check(result, sub)
+            if node.byzantine.skips_replay():
+                result = PASSED
+            else:
+                try:
+                    result = await self.run_work(PRIORITY_CHECK, check_unit, node.executor, job, sub, steps)
+                except WorkUnavailable as exc:
+                    log.warning("cannot check %s yet: %s", sid.hex()[:16], exc)
+                    return
+            honest = result
+            result = node.byzantine.alter_check(result, sub, steps)
+            if result != honest or node.byzantine.skips_replay():
+                node.byzantine.note_fault(node.state.height)
             verdict = make_verdict(
                 node.keypair, node.chain_id, job, sub, result, steps, sample_sig, node.executor.receipt(job.spec)
             )
@@ -254,13 +268,18 @@ class Duties:
                     sid.hex()[:16], sub.step, sub.shard, result.failure, result.failed_step,
                 )
                 node.workpool.add_evidence(WorkFraud(signed, verdict))
+                self._found_fraud(sid)
             await self.on_verdict(verdict, origin=None)
         finally:
             self.checking.discard(sid)
 
     async def on_verdict(self, signed: SignedVerdict, origin: bytes | None) -> None:
         node = self.node
-        if node.workpool.get(signed.verdict.submission_id) is None:
+        sid = signed.verdict.submission_id
+        if sid in self.frauds and not signed.verdict.failure and node.workpool.get(sid) is None:
+            self.spawn(self._judge_pass(signed), "judge-pass")
+            return
+        if node.workpool.get(sid) is None:
             node.workpool.hold_verdict(signed)
             return
         try:
@@ -276,6 +295,8 @@ class Duties:
         node.changed.set()
         if signed.verdict.failure and signed.verdict.validator != node.keypair.public_key:
             self.spawn(self._judge(signed), "judge")
+        elif not signed.verdict.failure and signed.verdict.submission_id in self.frauds:
+            self.spawn(self._judge_pass(signed), "judge-pass")
 
     async def _judge(self, signed: SignedVerdict) -> None:
         """Re-check another validator's failure claim; either way it becomes evidence."""
@@ -294,11 +315,47 @@ class Duties:
         ev: Evidence = WorkFraud(entry.signed, signed) if upheld else FalseVerdict(entry.signed, signed)
         if not upheld:
             log.warning("validator %s accused an honest unit", signed.verdict.validator.hex()[:16])
+        else:
+            self._found_fraud(signed.verdict.submission_id)
         if node.workpool.add_evidence(ev):
             node.changed.set()
+
+    def _found_fraud(self, sid: bytes) -> None:
+        """A unit is known to fail: every passing verdict on it, now or later, is suspect."""
+        entry = self.node.workpool.get(sid)
+        if entry is None:
+            return
+        # Kept apart from the pool, which forgets the unit once its trainer is slashed.
+        self.frauds[sid] = (entry.signed, self.node.state.jobs[entry.signed.submission.job])
+        while len(self.frauds) > MAX_FRAUDS_KEPT:
+            self.frauds.pop(next(iter(self.frauds)))
+        for verdict in list(entry.verdicts.values()):
+            if not verdict.verdict.failure:
+                self.spawn(self._judge_pass(verdict), "judge-pass")
+
+    async def _judge_pass(self, signed: SignedVerdict) -> None:
+        """Re-run the checks a passing verdict on a failing unit claims; a lie becomes evidence."""
+        node = self.node
+        known = self.frauds.get(signed.verdict.submission_id)
+        if known is None:
+            return
+        unit, job = known
+        try:
+            false = await self.run_work(PRIORITY_CHECK, node.executor.recheck_pass, job, unit.submission, signed.verdict)
+        except (WorkUnavailable, InvalidWork) as exc:
+            log.warning("cannot judge a passing verdict: %s", exc)
+            return
+        if false:
+            log.warning("validator %s passed a unit that fails its own checked steps", signed.verdict.validator.hex()[:16])
+            if node.workpool.add_evidence(FalsePass(unit, signed)):
+                node.changed.set()
 
     def prune(self) -> None:
         """Forget bookkeeping of units no longer in the pool."""
         for sid in list(self.first_seen):
             if self.node.workpool.get(sid) is None:
                 del self.first_seen[sid]
+        for sid, (_, job) in list(self.frauds.items()):
+            current = self.node.state.jobs.get(job.job_id)
+            if current is None or current.step != job.step:
+                del self.frauds[sid]

@@ -73,6 +73,7 @@ from consensus.types import (
     BlockHeader,
     CommitCertificate,
     Equivocation,
+    FalsePass,
     FalseVerdict,
     Genesis,
     Hash32,
@@ -105,6 +106,7 @@ from tdml_node.workqueue import PRIORITY_CONSENSUS, PRIORITY_TRAIN, WorkQueue
 log = logging.getLogger("tdml.node")
 
 RETRY_SECONDS = 0.5
+BLOB_WAIT_SECONDS = 1.0
 SYNC_BATCH = 64
 
 
@@ -162,7 +164,7 @@ class Node:
         self.genesis_hash = compute_genesis_hash(genesis)
         self.network: Network = network or NoNetwork()
         self.blobs = BlobFetcher(store, self.network)
-        self.executor = TorchExecutor(store)
+        self.executor = TorchExecutor(store, train_threads=config.train_threads)
         self.worker = WorkQueue()
         self.metrics = NodeMetrics()
         self.mempool = Mempool()
@@ -215,6 +217,12 @@ class Node:
     def request_stop(self) -> None:
         self._stop.set()
 
+    def halt(self, exc: BaseException) -> None:
+        """Stop because the node cannot go on safely (a storage failure): ``/health`` says halted."""
+        if self.fatal is None:
+            self.fatal = exc
+        self._stop.set()
+
     def add_block_listener(self, fn: Callable[[CommittedBlock], Awaitable[None] | None]) -> None:
         self._block_listeners.append(fn)
 
@@ -232,10 +240,16 @@ class Node:
             self.spawn(self.worker.submit(PRIORITY_TRAIN, self.executor.warm_up), "warm-up")
             self.spawn(self._retry_loop(), "retry")
             self.spawn(self._sync_loop(), "sync")
+            if not self.byzantine.is_honest:
+                log.warning("BYZANTINE behaviour %r is active (test network only)", self.byzantine.name)
+                self.spawn(self.byzantine.run(self), "byzantine")
             self.duties.schedule()
             done, _ = await asyncio.wait({loop_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
-            if loop_task in done and loop_task.exception() is not None:
-                raise loop_task.exception()  # type: ignore[misc]
+            failure = loop_task.exception() if loop_task in done else None
+            if failure is not None:
+                if isinstance(failure, StorageError | NodeHalted):
+                    self.halt(failure)
+                raise failure
         finally:
             for t in (loop_task, stop_task, *self._tasks):
                 t.cancel()
@@ -259,11 +273,11 @@ class Node:
         if task.cancelled():
             return
         exc = task.exception()
-        if exc is not None:
+        if isinstance(exc, StorageError | NodeHalted):
+            log.error("task %s: %s", task.get_name() if isinstance(task, asyncio.Task) else "?", exc)
+            self.halt(exc)
+        elif exc is not None:
             log.error("task failed: %r", exc, exc_info=exc)
-            if isinstance(exc, StorageError | NodeHalted):
-                self.fatal = exc
-                self._stop.set()
 
     async def _retry_loop(self) -> None:
         """Pick up work that could not start earlier (a blob was missing, a checker was silent)."""
@@ -342,8 +356,22 @@ class Node:
         except DoubleSignRefused as exc:
             log.error("refused to sign: %s", exc)
             return
-        await self.network.broadcast(signed)
+        if isinstance(signed, SignedVote) and self.byzantine.equivocates():
+            await self._equivocate(signed)
+        else:
+            await self.network.broadcast(signed)
         self.inbox.put_nowait(_as_event(signed))
+
+    async def _equivocate(self, signed: SignedVote) -> None:
+        """(Byzantine, test networks only) send half the peers a conflicting vote, bypassing the guard."""
+        vote = signed.vote
+        other_hash = None if vote.block_hash is not None else Hash32(crypto.sha256(b"equivocation" + bytes(vote.height)))
+        other = dataclasses.replace(vote, block_hash=other_hash)
+        conflicting = SignedVote(other, self.keypair.sign_value(crypto.DOMAIN_VOTE, self.chain_id, other))
+        peers = [p["node_id"] for p in self.network.peers()]
+        for i, peer_hex in enumerate(peers):
+            self.network.send_to(bytes.fromhex(peer_hex.removeprefix("0x")), conflicting if i % 2 else signed)
+        self.byzantine.note_fault(vote.height)
 
     # ------------------------------------------------------------ proposing
 
@@ -362,7 +390,7 @@ class Node:
         state = self.state
         validators = get_validator_set(state)
         candidates = self.mempool.items()
-        units = self.workpool.includable(state, validators)
+        units = [u for u in self.workpool.includable(state, validators) if await self._blobs_ready(u[0])]
         evidence = self.workpool.pending_evidence(state)
         for attempt in range(3):
             try:
@@ -380,6 +408,14 @@ class Node:
             return
         self._validated[compute_block_hash(block.header)] = result
         self.inbox.put_nowait(ValueReady(height, round_, block))
+
+    async def _blobs_ready(self, signed: SignedWorkSubmission) -> bool:
+        """Whether the unit's result can be aggregated: a unit whose blob nobody serves stays out."""
+        try:
+            async with asyncio.timeout(BLOB_WAIT_SECONDS):
+                return await self.blobs.ensure(signed.submission.result_digest)
+        except TimeoutError:
+            return False
 
     def _ready_to_propose(self, waited_ms: float) -> bool:
         state = self.state
@@ -449,6 +485,10 @@ class Node:
 
     async def _validate(self, height: Height, block: Block) -> None:
         block_hash = compute_block_hash(block.header)
+        if self.byzantine.approves_everything():
+            self.byzantine.note_fault(height)
+            self.inbox.put_nowait(ValidityResult(height, block_hash, True))
+            return
         if block_hash in self._validated:
             self.inbox.put_nowait(ValidityResult(height, block_hash, True))
             return
@@ -606,10 +646,12 @@ class Node:
             await self.duties.on_submission(payload, origin=peer_id)
         elif isinstance(payload, SignedVerdict):
             await self.duties.on_verdict(payload, origin=peer_id)
-        elif isinstance(payload, WorkFraud | FalseVerdict | Equivocation):
+        elif isinstance(payload, WorkFraud | FalseVerdict | FalsePass | Equivocation):
             log.debug("evidence gossip is not needed: validators judge failing verdicts themselves")
 
     def get_blob(self, digest: Hash32) -> bytes | None:
+        if not self.byzantine.serves_blob(digest):
+            return None
         return self.store.get(digest)
 
     def get_blocks(self, start: int, count: int) -> list[tuple[bytes, bytes]]:
@@ -650,10 +692,13 @@ class Node:
         if digest in self.mempool:
             return digest
         ctx = BlockContext(self.chain_id, Height(self.state.height + 1), self.state.tip_hash, self.keypair.public_key)
-        earlier = sorted(
-            (t for t in self.mempool.items() if t.tx.sender == signed.tx.sender and t.tx.nonce < signed.tx.nonce),
-            key=lambda t: t.tx.nonce,
-        )
+        # One pending transaction per nonce (the first admitted): two that share a
+        # nonce cannot both apply, and checking both would refuse every later one.
+        pending: dict[int, SignedTransaction] = {}
+        for t in self.mempool.items():
+            if t.tx.sender == signed.tx.sender and t.tx.nonce < signed.tx.nonce:
+                pending.setdefault(t.tx.nonce, t)
+        earlier = [pending[n] for n in sorted(pending)]
         await self.worker.submit(PRIORITY_CONSENSUS, _check_transaction, self.state, ctx, earlier, signed, self.executor)
         self.mempool.admit(signed, self.state)
         await self.network.broadcast(signed, exclude=origin)

@@ -22,6 +22,7 @@ from consensus.types import (
     MAX_BLOCK_TXS,
     Address,
     Equivocation,
+    FalsePass,
     FalseVerdict,
     Hash32,
     SignedTransaction,
@@ -40,7 +41,7 @@ from consensus.work import (
     validate_verdict,
 )
 
-Evidence = WorkFraud | FalseVerdict | Equivocation
+Evidence = WorkFraud | FalseVerdict | FalsePass | Equivocation
 MAX_NONCE_GAP = 64
 MAX_EARLY = 4096
 
@@ -171,11 +172,11 @@ class WorkPool:
             job = state.jobs[job_id]
             if job.status != JOB_ACTIVE:
                 continue
-            need = required_checkers(job.spec, validators)
             for shard in range(job.spec.shards):
                 if job.accepted[shard] is not None:
                     continue
                 for entry in self._entries_for(job_id, job.step, shard):
+                    need = required_checkers(job.spec, validators, entry.signed.submission.trainer)
                     ranked = compute_checkers(job, shard, entry.signed.submission.trainer, validators)
                     allowed = ranked[: need + validators.max_faulty]
                     passing = [
@@ -274,4 +275,4 @@ def _offender(ev: Evidence) -> Address:
         return crypto.address_of(ev.vote_a.vote.validator)
     if isinstance(ev, WorkFraud):
         return crypto.address_of(ev.submission.submission.trainer)
-    return crypto.address_of(ev.verdict.verdict.validator)
+    return crypto.address_of(ev.verdict.verdict.validator)  # a false verdict or a false pass

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -43,6 +44,7 @@ from consensus.types import (
     ROLE_TRAINER,
     ROLE_VALIDATOR,
     Block,
+    FalsePass,
     FalseVerdict,
     Hash32,
     JobState,
@@ -53,6 +55,7 @@ from consensus.work import submission_id
 from tdml_node import __version__
 from tdml_node.jsonview import f32, hex0x, to_json
 from tdml_node.pools import TxRejected, tx_hash
+from tdml_node.storage import StorageError
 
 if TYPE_CHECKING:
     from tdml_node.node import CommittedBlock, Node
@@ -69,6 +72,8 @@ TX_REJECTED = -32010
 MAX_RPC_BODY = 4 * 1024 * 1024
 MAX_BLOB_BODY = 256 * 1024 * 1024
 MAX_BATCH = 100
+MAX_HEIGHT = 2**64 - 1
+"""Block numbers above this cannot name a block (heights are 64-bit keys in the store)."""
 MAX_WS_BACKLOG = 256
 _REQUIRED = object()
 
@@ -124,6 +129,18 @@ def parse_address(value: Any) -> bytes:
     return data
 
 
+def parse_key_list(value: Any) -> list[bytes]:
+    if not isinstance(value, list) or len(value) > 1024:
+        raise RpcError(INVALID_PARAMS, "expected a list of node ids")
+    return [_bytes_param(32, "a node id")(v) for v in value]
+
+
+def parse_count_or_zero(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_HEIGHT:
+        raise RpcError(INVALID_PARAMS, "expected a non-negative 64-bit integer")
+    return value
+
+
 def parse_bool(value: Any) -> bool:
     if not isinstance(value, bool):
         raise RpcError(INVALID_PARAMS, "expected true or false")
@@ -139,13 +156,16 @@ def parse_count(value: Any) -> int:
 def parse_block_tag(value: Any) -> int | str:
     if value in ("latest", "earliest"):
         return str(value)
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_HEIGHT:
         return value
     if isinstance(value, str) and value.startswith("0x"):
         try:
-            return int(value, 16)
+            number = int(value, 16)
         except ValueError:
             pass
+        else:
+            if 0 <= number <= MAX_HEIGHT:
+                return number
     raise RpcError(INVALID_PARAMS, "a block is a non-negative number, 0x-hex quantity, 'latest' or 'earliest'")
 
 
@@ -163,6 +183,7 @@ class RpcServer:
             "tdml_getBlockByNumber": Method(
                 self.get_block_by_number, (Param("block", parse_block_tag), Param("full", parse_bool, True))
             ),
+            "tdml_getRawBlock": Method(self.get_raw_block, (Param("number", parse_count_or_zero),)),
             "tdml_getBlockByHash": Method(
                 self.get_block_by_hash, (Param("hash", parse_hash), Param("full", parse_bool, True))
             ),
@@ -181,7 +202,11 @@ class RpcServer:
             "tdml_nodeInfo": Method(self.node_info, ()),
             "tdml_peers": Method(self.peers, ()),
             "tdml_syncing": Method(self.syncing, ()),
+            "tdml_bannedPeers": Method(self.banned_peers, ()),
         }
+        if node.config.dev:
+            # Fault injection for test networks; absent from a production node's RPC.
+            self.methods["tdml_devPartition"] = Method(self.dev_partition, (Param("peers", parse_key_list),))
 
     # ------------------------------------------------------------ HTTP
 
@@ -229,7 +254,10 @@ class RpcServer:
         return _json_response(body, status=200 if healthy else 503)
 
     async def handle_metrics(self, request: web.Request) -> web.Response:
-        self.node.metrics.peers.set(self.node.network.peer_count())
+        node = self.node
+        node.metrics.peers.set(node.network.peer_count())
+        node.metrics.byzantine_faults.set(node.byzantine.faults)
+        node.metrics.byzantine_first_fault_height.set(node.byzantine.first_fault_height)
         return web.Response(body=self.node.metrics.render(), content_type="text/plain")
 
     async def handle_get_blob(self, request: web.Request) -> web.Response:
@@ -248,8 +276,17 @@ class RpcServer:
         data = await request.read()
         if not data:
             return web.Response(status=400, text="empty blob")
-        digest = self.node.store.put(data)
+        try:
+            digest = self.node.store.put(data)
+        except StorageError as exc:
+            self._storage_failed(exc)
+            return web.Response(status=507, text=f"cannot store the blob; the node is stopping: {exc}")
         return _json_response({"digest": hex0x(digest), "size": len(data)})
+
+    def _storage_failed(self, exc: StorageError) -> None:
+        """A write failed (full disk, permissions): the node stops rather than go on half-written."""
+        log.error("node halted: %s", exc)
+        self.node.halt(exc)
 
     # ------------------------------------------------------- dispatch
 
@@ -258,6 +295,8 @@ class RpcServer:
             payload = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             return _error(None, PARSE_ERROR, f"parse error: {exc}")
+        except RecursionError:
+            return _error(None, PARSE_ERROR, "parse error: nested too deeply")
         return await self.dispatch(payload)
 
     async def dispatch(self, payload: Any) -> Any:
@@ -287,6 +326,9 @@ class RpcServer:
             result = await method.fn(*args)
         except RpcError as exc:
             return None if is_notification else _error(rid, exc.code, exc.message)
+        except StorageError as exc:
+            self._storage_failed(exc)
+            return None if is_notification else _error(rid, INTERNAL_ERROR, f"storage failure; the node is stopping: {exc}")
         except Exception as exc:
             log.exception("internal error in %s", req.get("method"))
             return None if is_notification else _error(rid, INTERNAL_ERROR, f"internal error: {type(exc).__name__}")
@@ -306,6 +348,11 @@ class RpcServer:
             return self._genesis_view()
         block = node.store.get_block(height)
         return None if block is None else self._block_view(block, full)
+
+    async def get_raw_block(self, number: int) -> str | None:
+        """A committed block's canonical bytes (hex), for clients that verify it themselves."""
+        raw = self.node.store.get_block_bytes(number)
+        return None if raw is None else hex0x(raw)
 
     async def get_block_by_hash(self, digest: bytes, full: bool) -> Any:
         if digest == self.node.genesis_hash:
@@ -360,9 +407,9 @@ class RpcServer:
                     "verdicts": [to_json(v) for v in verdicts],
                 }
         for ev in block.body.evidence:
-            if isinstance(ev, WorkFraud | FalseVerdict) and submission_id(ev.submission.submission) == sid:
+            if isinstance(ev, WorkFraud | FalseVerdict | FalsePass) and submission_id(ev.submission.submission) == sid:
                 return {
-                    "status": "rejected" if isinstance(ev, WorkFraud) else "falsely-accused",
+                    "status": {WorkFraud: "rejected", FalseVerdict: "falsely-accused"}.get(type(ev), "accepted"),
                     "height": height,
                     "submission": to_json(ev.submission),
                     "verdicts": [to_json(ev.verdict)],
@@ -457,6 +504,11 @@ class RpcServer:
     async def peers(self) -> list[Any]:
         return self.node.network.peers()
 
+    async def banned_peers(self) -> list[str]:
+        """Node ids this node has banned for misbehaving (0x hex)."""
+        banned = getattr(self.node.network, "banned", None)
+        return ["0x" + k for k in banned()] if banned is not None else []
+
     async def syncing(self) -> Any:
         """False when in step with peers, else how far behind (Ethereum's eth_syncing shape)."""
         node = self.node
@@ -464,6 +516,14 @@ class RpcServer:
         if highest <= node.state.height + 1:
             return False
         return {"currentBlock": node.state.height, "highestBlock": highest}
+
+    async def dev_partition(self, peers: list[bytes]) -> int:
+        """(Dev networks only) cut this node off from these node ids; an empty list heals."""
+        set_partitioned = getattr(self.node.network, "set_partitioned", None)
+        if set_partitioned is None:
+            raise RpcError(INVALID_REQUEST, "this node has no peer-to-peer network")
+        set_partitioned(set(peers))
+        return len(peers)
 
     # ------------------------------------------------------ websocket
 
@@ -516,8 +576,12 @@ class RpcServer:
             payload = json.loads(text)
         except ValueError as exc:
             return _error(None, PARSE_ERROR, f"parse error: {exc}")
+        except RecursionError:
+            return _error(None, PARSE_ERROR, "parse error: nested too deeply")
         if isinstance(payload, dict) and payload.get("method") in ("tdml_subscribe", "tdml_unsubscribe"):
             rid = payload.get("id")
+            if not _valid_id(rid):
+                return _error(None, INVALID_REQUEST, "id must be a string, a number or null")
             params = payload.get("params", [])
             if not isinstance(params, list) or len(params) != 1 or not isinstance(params[0], str):
                 return _error(rid, INVALID_PARAMS, "expected one string param")
@@ -643,7 +707,10 @@ def _bind(method: Method, params: Any) -> list[Any]:
 
 
 def _valid_id(rid: Any) -> bool:
-    return rid is None or isinstance(rid, str) or (isinstance(rid, int | float) and not isinstance(rid, bool))
+    # NaN and the infinities parse from JSON text but cannot be written back as JSON.
+    if isinstance(rid, float):
+        return math.isfinite(rid)
+    return rid is None or isinstance(rid, str) or (isinstance(rid, int) and not isinstance(rid, bool))
 
 
 def _error(rid: Any, code: int, message: str) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from consensus.transition import compute_block_hash
 from consensus.types import (
     Block,
     CommitCertificate,
+    FalsePass,
     FalseVerdict,
     Genesis,
     Hash32,
@@ -55,6 +56,13 @@ def _h(height: int) -> bytes:
     return height.to_bytes(8, "big")
 
 
+def _reason(exc: BaseException) -> str:
+    """The text of an error; LevelDB's arrive as bytes (``b'IO error: ...'``)."""
+    if len(exc.args) == 1 and isinstance(exc.args[0], bytes):
+        return exc.args[0].decode("utf-8", "replace")
+    return str(exc)
+
+
 @dataclass(frozen=True, slots=True)
 class Tip:
     height: Height
@@ -65,17 +73,22 @@ class ChainStore:
     """Blocks, commits, state and blobs of one node in one LevelDB."""
 
     def __init__(self, path: Path) -> None:
-        path.mkdir(parents=True, exist_ok=True)
         try:
+            # Inside the try: a datadir that is a file or lies in a read-only
+            # directory is a storage error, not a crash.
+            path.mkdir(parents=True, exist_ok=True)
             self._db = plyvel.DB(str(path), create_if_missing=True)
         except (plyvel.Error, OSError) as exc:
-            raise StorageError(f"cannot open the database at {path}: {exc}") from exc
+            raise StorageError(f"cannot open the database at {path}: {_reason(exc)}") from exc
         self._lock = threading.Lock()
         self.path = path
 
     def close(self) -> None:
-        if not self._db.closed:
-            self._db.close()
+        # Under the write lock: a commit whose task was cancelled by a stop still
+        # runs to its end in its thread, and LevelDB must not close under it.
+        with self._lock:
+            if not self._db.closed:
+                self._db.close()
 
     # ------------------------------------------------------------ genesis
 
@@ -117,7 +130,7 @@ class ChainStore:
             for signed in block.body.submissions:
                 wb.put(b"w" + submission_id(signed.submission), _h(height))
             for ev in block.body.evidence:
-                if isinstance(ev, WorkFraud | FalseVerdict):
+                if isinstance(ev, WorkFraud | FalseVerdict | FalsePass):
                     wb.put(b"w" + submission_id(ev.submission.submission), _h(height))
             for outcome in block.body.outcomes:
                 wb.put(b"o" + outcome.job + _h(outcome.step), encode(outcome))
@@ -176,7 +189,7 @@ class ChainStore:
         try:
             self._db.put(b"x" + digest, data)
         except plyvel.Error as exc:
-            raise StorageError(f"cannot write a blob: {exc}") from exc
+            raise StorageError(f"cannot write a blob to the database at {self.path}: {_reason(exc)}") from exc
         return digest
 
     def has(self, digest: Hash32) -> bool:
@@ -237,7 +250,7 @@ class _Batch:
                 try:
                     self._wb.write()
                 except (plyvel.Error, OSError) as err:
-                    raise StorageError(f"cannot write to the database at {self._store.path}: {err}") from err
+                    raise StorageError(f"cannot write to the database at {self._store.path}: {_reason(err)}") from err
             else:
                 self._wb.clear()
         finally:

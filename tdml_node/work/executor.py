@@ -19,6 +19,8 @@ determinism settings are process-wide), and never use asyncio.
 
 from __future__ import annotations
 
+import dataclasses
+
 from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -40,7 +42,15 @@ from consensus.types import (
     Verdict,
     WorkSubmission,
 )
-from consensus.work import InvalidWork, ReplayOutput, TrainedUnit, WorkUnavailable
+from consensus.work import (
+    InvalidWork,
+    ReplayComparison,
+    ReplayOutput,
+    TrainedUnit,
+    WorkUnavailable,
+    check_unit,
+    replay_tolerance,
+)
 from tdml_node.blobs import BlobStore
 from tdml_node.work import aggregate, unit
 from tdml_node.work.datasets import Dataset
@@ -62,6 +72,7 @@ from tdml_node.work.profile import (
 )
 from tdml_node.work.state import ModelState, encode_state, load_state, parse_state
 from tdml_node.work.tensors import bundle_digest, decode_bundle
+from tdml_node.work.tolerance import bundle_distance, loss_distance
 
 StepResult = tuple[Hash32, int, int, int, int]
 
@@ -130,11 +141,15 @@ class TorchExecutor:
         blobs: BlobStore,
         *,
         profile: ExecutionProfile | None = None,
+        train_threads: int = 0,
         state_cache: int = 8,
         dataset_cache: int = 4,
     ) -> None:
         self.blobs = blobs
         self._profile = profile
+        # Training of tolerance jobs may use this node's own thread count (its
+        # receipt says so); checks and aggregation always run the job's profile.
+        self._train_threads = train_threads
         self._states = _LRU(state_cache)
         self._datasets = _LRU(dataset_cache)
         self._models: dict[tuple[Hashable, ...], nn.Module] = {}
@@ -209,10 +224,12 @@ class TorchExecutor:
 
         A replay verdict is upheld when step ``failed_step`` does not reproduce
         the trainer's claim, including when the checkpoint it starts from is
-        unreadable (the trainer's claim cannot be reproduced either way). A
-        result verdict is upheld when the result is not the final
-        checkpoint's delta (or is unreadable); a malformed verdict when a blob
-        the checks read does not decode to the model's tensors.
+        unreadable (the trainer's claim cannot be reproduced either way); in a
+        tolerance job, "does not reproduce" means its distance from the claim
+        exceeds the tolerance (``compare_step``). A result verdict is upheld
+        when the result is not the final checkpoint's delta (or is
+        unreadable), in every job; a malformed verdict when a blob the checks
+        read does not decode to the model's tensors.
         """
         spec = job.spec
         h = spec.inner_steps
@@ -226,7 +243,10 @@ class TorchExecutor:
                 return True
             # A job that cannot run at all is nobody's fraud: that InvalidWork propagates.
             self._enter(spec)
+            tolerance = replay_tolerance(spec)
             try:
+                if tolerance is not None:
+                    return not self.compare_step(job, submission, step).distance <= tolerance
                 out = self.replay_step(job, submission, step)
             except InvalidWork:
                 return True
@@ -238,6 +258,10 @@ class TorchExecutor:
             return self._is_malformed(job, submission, verdict.checked_steps)
         return False
 
+    def recheck_pass(self, job: JobState, submission: WorkSubmission, verdict: Verdict) -> bool:
+        """Whether a passing verdict is false: the checks it claims (parent, its steps, the result) fail."""
+        return check_unit(self, job, submission, verdict.checked_steps).failure != FAILURE_NONE
+
     # ------------------------------------------------------------------
     # WorkExecutor
 
@@ -245,7 +269,7 @@ class TorchExecutor:
         spec = job.spec
         if not 0 <= shard < spec.shards:
             raise ValueError(f"shard {shard} out of range")
-        ctx = self._enter(spec)
+        ctx = self._enter(spec, training=True)
         state = self._model_state(job.model_root, ctx.model, model_state_optimizer(spec))
         params_only = ModelState(state.params, {})
         load_state(ctx.model, params_only)
@@ -258,19 +282,45 @@ class TorchExecutor:
         return TrainedUnit(digests, self.blobs.put(run.result), run.losses, ctx.receipt)
 
     def replay_step(self, job: JobState, submission: WorkSubmission, inner: int) -> ReplayOutput:
-        spec = job.spec
-        if not 0 <= inner < spec.inner_steps:
+        if not 0 <= inner < job.spec.inner_steps:
             raise ValueError(f"inner step {inner} out of range")
+        produced, bits = self._replay(self._enter(job.spec), job, submission, inner)
+        digest = bundle_digest(produced)
+        if job.spec.inner_steps == 1 and digest == submission.result_digest:
+            # The replay reproduced the trainer's result byte for byte, so this node can
+            # hold and serve it: a trainer withholding its result cannot stall aggregation.
+            self.blobs.put(produced)
+        return ReplayOutput(digest, bits)
+
+    def compare_step(self, job: JobState, submission: WorkSubmission, inner: int) -> ReplayComparison:
+        """(Tolerance jobs) replay inner step ``inner`` and measure it against what the trainer claims.
+
+        The claim is the result bundle (gradients and loss) when H = 1, else
+        checkpoint ``inner + 1`` (parameters and inner optimizer state), plus
+        the submission's loss of that step. The distance is the largest of
+        ``tolerance.bundle_distance`` and ``tolerance.loss_distance``. A claim
+        that is no valid result or checkpoint of the model is ``InvalidWork``
+        (what ``_is_malformed`` also finds); a missing blob is
+        ``WorkUnavailable``.
+        """
+        spec = job.spec
+        h = spec.inner_steps
+        if not 0 <= inner < h:
+            raise ValueError(f"inner step {inner} out of range")
+        if len(submission.losses) != h:
+            raise InvalidWork(f"the submission claims {len(submission.losses)} losses, the job has {h} inner steps")
         ctx = self._enter(spec)
-        if spec.inner_steps == 1:
-            state = self._model_state(job.model_root, ctx.model, model_state_optimizer(spec))
-            load_state(ctx.model, ModelState(state.params, {}))
-            result, bits = unit.gradient_result(ctx.model, ctx.dataset, spec, job.step, submission.shard)
-            return ReplayOutput(bundle_digest(result), bits)
-        optimizer = build_optimizer(spec.optimizer, ctx.model.parameters(), lr=compute_lr(spec, job.step))
-        load_state(ctx.model, self._checkpoint_before(ctx, job, submission, inner), optimizer)
-        bits = unit.inner_step(ctx.model, optimizer, ctx.dataset, spec, job.step, submission.shard, inner)
-        return ReplayOutput(bundle_digest(encode_state(ctx.model, optimizer)), bits)
+        produced, bits = self._replay(ctx, job, submission, inner)
+        if h == 1:
+            claimed = decode_bundle(self._blob(submission.result_digest))
+            unit.parse_result(claimed, ctx.model, spec)
+        else:
+            claimed = self._checkpoint(ctx, submission, inner + 1)[0]
+        distance = max(
+            bundle_distance(claimed, decode_bundle(produced)),
+            loss_distance(submission.losses[inner], bits),
+        )
+        return ReplayComparison(bundle_digest(produced), bits, distance)
 
     def check_result(self, job: JobState, submission: WorkSubmission) -> int:
         """(H > 1) whether the result is the final checkpoint's delta from θ0 with the claimed losses.
@@ -306,9 +356,11 @@ class TorchExecutor:
     # ------------------------------------------------------------------
     # Internals
 
-    def _enter(self, spec: JobSpec) -> _Context:
+    def _enter(self, spec: JobSpec, *, training: bool = False) -> _Context:
         """Apply the profile, then fetch (or reuse) the dataset and the model for the job."""
         profile = self._profile or spec.profile
+        if training and self._train_threads and spec.verification.tolerance != "0":
+            profile = dataclasses.replace(profile, threads=self._train_threads)
         device = apply_profile(profile)
         dtype = torch_dtype(profile)
         if spec not in self._valid_specs:
@@ -349,22 +401,45 @@ class TorchExecutor:
             self._states.put(root, tensors)
         return parse_state(tensors, model, opt_spec)
 
+    def _replay(self, ctx: _Context, job: JobState, submission: WorkSubmission, inner: int) -> tuple[bytes, int]:
+        """Inner step ``inner`` from the state before it: the bundle it produces and its loss bits."""
+        spec = ctx.spec
+        if spec.inner_steps == 1:
+            state = self._model_state(job.model_root, ctx.model, model_state_optimizer(spec))
+            load_state(ctx.model, ModelState(state.params, {}))
+            return unit.gradient_result(ctx.model, ctx.dataset, spec, job.step, submission.shard)
+        optimizer = build_optimizer(spec.optimizer, ctx.model.parameters(), lr=compute_lr(spec, job.step))
+        load_state(ctx.model, self._checkpoint_before(ctx, job, submission, inner), optimizer)
+        bits = unit.inner_step(ctx.model, optimizer, ctx.dataset, spec, job.step, submission.shard, inner)
+        return encode_state(ctx.model, optimizer), bits
+
     def _checkpoint_before(self, ctx: _Context, job: JobState, submission: WorkSubmission, inner: int) -> ModelState:
         """The state inner step ``inner`` starts from: θ0 with a fresh optimizer, or checkpoint ``inner``."""
         spec = ctx.spec
         if inner == 0:
             state = self._model_state(job.model_root, ctx.model, model_state_optimizer(spec))
             return ModelState(state.params, {})
-        if len(submission.checkpoint_digests) < inner:
-            raise InvalidWork(f"the submission names no checkpoint {inner}")
-        data = self._blob(submission.checkpoint_digests[inner - 1])
-        state = parse_state(decode_bundle(data), ctx.model, spec.optimizer)
+        return self._checkpoint(ctx, submission, inner)[1]
+
+    def _checkpoint(
+        self, ctx: _Context, submission: WorkSubmission, index: int
+    ) -> tuple[dict[str, torch.Tensor], ModelState]:
+        """Checkpoint ``index`` (1..H) of the submission: its decoded tensors and the checked state."""
+        spec = ctx.spec
+        if len(submission.checkpoint_digests) < index:
+            raise InvalidWork(f"the submission names no checkpoint {index}")
+        tensors = decode_bundle(self._blob(submission.checkpoint_digests[index - 1]))
+        state = parse_state(tensors, ctx.model, spec.optimizer)
         if optimizer_state_keys(spec.optimizer) and not state.opt:
-            raise InvalidWork(f"checkpoint {inner} lacks the optimizer state of {inner} steps")
-        return state
+            raise InvalidWork(f"checkpoint {index} lacks the optimizer state of {index} steps")
+        return tensors, state
 
     def _is_malformed(self, job: JobState, submission: WorkSubmission, checked: tuple[int, ...]) -> bool:
-        """Whether a blob that checking ``checked`` reads fails to decode to the model's tensors."""
+        """Whether a blob that checking ``checked`` reads fails to decode to the model's tensors.
+
+        A tolerance job's check of step ``i`` also reads checkpoint ``i + 1``
+        (the claim it compares with, where an exact job compares digests).
+        """
         spec = job.spec
         h = spec.inner_steps
         ctx = self._enter(spec)
@@ -374,7 +449,10 @@ class TorchExecutor:
                 return False
             if len(submission.checkpoint_digests) != h or len(submission.losses) != h:
                 return True
-            for inner in sorted({i for i in checked if 0 < i <= h} | {h}):
+            read = {i for i in checked if 0 < i <= h} | {h}
+            if replay_tolerance(spec) is not None:
+                read |= {i + 1 for i in checked if 0 <= i < h}
+            for inner in sorted(read):
                 self._checkpoint_before(ctx, job, submission, inner)
             unit.parse_result(decode_bundle(self._blob(submission.result_digest)), ctx.model, spec)
         except InvalidWork:

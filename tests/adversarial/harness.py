@@ -1,0 +1,306 @@
+"""Running Byzantine behaviours in real multi-process devnets and measuring what the chain caught.
+
+A ``Scenario`` names which nodes misbehave and how. ``run_scenario`` starts a
+devnet of real ``tdml-node run`` processes (each with its own LevelDB), trains
+a job to the end, and reads everything back over RPC as any observer could:
+the faults the Byzantine nodes report committing (``/metrics``), the
+evidence in the blocks, the trainers' records, the bans. Every piece of
+evidence is re-checked independently: a fresh executor, fed only blobs
+fetched over HTTP, re-runs the check the evidence names.
+
+This module must never reach into a node's memory or trust a node's own
+judgement of evidence: it re-derives it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from consensus.codec import decode_as
+from consensus.crypto import DOMAIN_VOTE, address_of, verify_value
+from consensus.types import (
+    FAILURE_MALFORMED,
+    FAILURE_PARENT,
+    FAILURE_REPLAY,
+    FAILURE_RESULT,
+    JOB_ACTIVE,
+    ZERO_HASH,
+    Amount,
+    Block,
+    Equivocation,
+    FalseVerdict,
+    Hash32,
+    Height,
+    JobSpec,
+    JobState,
+    WorkFraud,
+)
+from tdml_node.blobs import MemoryBlobStore
+from tdml_node.client import NodeClient
+from tdml_node.devnet import Devnet, running_devnet, submit_job
+from tdml_node.work.executor import TorchExecutor
+from tdml_node.work.jobs import get_job
+from tdml_node.work.reference import run_reference
+
+FAILURE_NAMES = {
+    FAILURE_PARENT: "parent-state check",
+    FAILURE_REPLAY: "replay",
+    FAILURE_RESULT: "result check",
+    FAILURE_MALFORMED: "malformed blob",
+}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    behaviours: dict[int, str]
+    job: str = "digits-mlp"
+    steps: int = 60
+    nodes: int = 4
+    checked_steps: int | None = None
+    checkers_per_unit: int | None = None
+    passive: bool = False
+    """The misbehaving nodes are peers only (no stake, no roles), like an outsider attacking the network."""
+
+
+@dataclass
+class ScenarioResult:
+    scenario: str
+    behaviours: dict[int, str]
+    faults_committed: int
+    faulty_caught: int
+    mechanisms: list[str]
+    blocks_to_catch: int | None
+    evidence: int
+    evidence_rechecked: int
+    offenders_slashed: int
+    offenders_banned: int
+    offender_shards_reassigned: int
+    job_done: bool
+    final_accuracy: float | None
+    equals_reference: bool
+    honest_units: int
+    honest_accused: int
+    seconds: float
+    errors: list[str] = field(default_factory=list)
+
+    def as_row(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _metric(client: NodeClient, name: str) -> float:
+    import urllib.request
+
+    with urllib.request.urlopen(client.url + "/metrics", timeout=10) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    return 0.0
+
+
+def _job_for(s: Scenario) -> tuple[JobSpec, bytes]:
+    spec, dataset = get_job(s.job, steps=s.steps)
+    policy = spec.verification
+    if s.checked_steps is not None:
+        policy = dataclasses.replace(policy, checked_steps=s.checked_steps)
+    if s.checkers_per_unit is not None:
+        policy = dataclasses.replace(policy, checkers_per_unit=s.checkers_per_unit)
+    return dataclasses.replace(spec, verification=policy), dataset
+
+
+def run_scenario(s: Scenario, base: Path, *, timeout: float = 600.0) -> ScenarioResult:
+    spec, dataset = _job_for(s)
+    started = time.monotonic()
+    devnet = Devnet.create(
+        base,
+        s.nodes,
+        byzantine=s.behaviours,
+        config_overrides={"retain_steps": 1_000_000},
+        passive=frozenset(s.behaviours) if s.passive else frozenset(),
+    )
+    byz_keys = {devnet.nodes[i].keypair.public_key for i in s.behaviours}
+    honest_nodes = [n for n in devnet.nodes if n.index not in s.behaviours]
+    errors: list[str] = []
+    with running_devnet(devnet):
+        client = honest_nodes[0].client()
+        for node in devnet.nodes[1:]:
+            node.client().put_blob(dataset)
+        job_id = submit_job(client, devnet.client_key, devnet.genesis.chain_id, spec, dataset)
+        view: dict[str, Any] | None = None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            view = client.call("tdml_getJob", job_id)
+            if view is not None and view["status"] == "done":
+                break
+            time.sleep(0.5)
+        else:
+            errors.append("the job did not finish in time")
+        assert view is not None
+        height = client.call("tdml_blockNumber")
+        blocks = [client.call("tdml_getBlockByNumber", h, True) for h in range(1, height + 1)]
+        records = {n.index: client.call("tdml_getTrainer", "0x" + n.keypair.address.hex()) for n in devnet.nodes}
+        faults = sum(int(_metric(devnet.nodes[i].client(), "tdml_byzantine_faults")) for i in s.behaviours)
+        first_fault = min(
+            (int(_metric(devnet.nodes[i].client(), "tdml_byzantine_first_fault_height")) for i in s.behaviours),
+            default=0,
+        )
+        ban_lists = [set(n.client().call("tdml_bannedPeers")) for n in honest_nodes]
+        bans = set().union(*ban_lists)
+        byz_ids = {"0x" + k.hex() for k in byz_keys}
+        banned_by = sum(1 for b in ban_lists if b & byz_ids)
+        rechecked, evidence, offenders_accused = _recheck_all(devnet, honest_nodes, spec, job_id, blocks, errors)
+    seconds = time.monotonic() - started
+    byz_addr = {"0x" + address_of(k).hex() for k in byz_keys}
+    evidence_heights = [h for h, _, _ in evidence]
+    honest_accused = sum(1 for _, _, who in evidence if who not in byz_addr)
+    slashed = sum(1 for i in s.behaviours if records[i]["timesSlashed"] > 0)
+    banned = sum(1 for i in s.behaviours if "0x" + devnet.nodes[i].keypair.public_key.hex() in bans)
+    reassigned = sum(records[i]["unitsReassigned"] for i in s.behaviours)
+    last_eval = (view or {}).get("lastEval") or {}
+    reference = run_reference(spec, dataset).final_root
+    return ScenarioResult(
+        scenario=s.name,
+        behaviours=dict(s.behaviours),
+        faults_committed=faults,
+        faulty_caught=_caught(s, evidence, byz_addr, reassigned, banned_by),
+        mechanisms=sorted({m for _, m, who in evidence if who in byz_addr})
+        + (["deadline: shard reassigned, trainer benched"] if reassigned and not evidence else [])
+        + ([f"peer score: banned by {banned_by} of {len(honest_nodes)} honest nodes"] if banned_by else []),
+        blocks_to_catch=(min(evidence_heights) - first_fault) if evidence_heights and first_fault else None,
+        evidence=len(evidence),
+        evidence_rechecked=rechecked,
+        offenders_slashed=slashed,
+        offenders_banned=banned,
+        offender_shards_reassigned=reassigned,
+        job_done=bool(view and view["status"] == "done"),
+        final_accuracy=last_eval.get("testAccuracy"),
+        equals_reference=bool(view and view["modelRoot"] == "0x" + reference.hex()),
+        honest_units=sum(r["unitsVerified"] for i, r in records.items() if i not in s.behaviours),
+        honest_accused=honest_accused + offenders_accused,
+        seconds=round(seconds, 1),
+        errors=errors,
+    )
+
+
+def _caught(
+    s: Scenario, evidence: list[tuple[int, str, str]], byz_addr: set[str], reassigned: int, banned_by: int
+) -> int:
+    """How many of the faults the chain (or the network) answered: evidence, else reassignments, else bans."""
+    against = sum(1 for _, _, who in evidence if who in byz_addr)
+    if against:
+        return against
+    if any(b == "withhold" for b in s.behaviours.values()):
+        return reassigned
+    return banned_by
+
+
+def _recheck_all(
+    devnet: Devnet,
+    honest_nodes: list[Any],
+    spec: JobSpec,
+    job_id: str,
+    blocks: list[dict[str, Any]],
+    errors: list[str],
+) -> tuple[int, list[tuple[int, str, str]], int]:
+    """Re-check every piece of evidence with a fresh executor; returns (re-checked, evidence, wrongly accused)."""
+    blobs = MemoryBlobStore()
+    executor = TorchExecutor(blobs)
+    clients = [n.client() for n in honest_nodes]
+    roots = _roots_by_step(clients[0], executor, spec, job_id)
+    rechecked = 0
+    wrongly = 0
+    found: list[tuple[int, str, str]] = []
+    for block in blocks:
+        for ev_json in block["body"]["evidence"]:
+            raw = _evidence_bytes(clients[0], block["number"], ev_json)
+            ev = raw
+            if isinstance(ev, Equivocation):
+                a, b = ev.vote_a, ev.vote_b
+                ok = (
+                    a.vote.block_hash != b.vote.block_hash
+                    and (a.vote.height, a.vote.round, a.vote.kind, a.vote.validator)
+                    == (b.vote.height, b.vote.round, b.vote.kind, b.vote.validator)
+                    and all(
+                        verify_value(sv.vote.validator, DOMAIN_VOTE, devnet.genesis.chain_id, sv.vote, sv.signature)
+                        for sv in (a, b)
+                    )
+                )
+                found.append((block["number"], "conflicting votes", "0x" + address_of(a.vote.validator).hex()))
+            else:
+                sub = ev.submission.submission
+                verdict = ev.verdict.verdict
+                if roots.get(sub.step) != sub.parent_model_root and verdict.failure != FAILURE_PARENT:
+                    errors.append(f"evidence at height {block['number']} names a root the chain never had at its step")
+                job = _job_at(spec, job_id, sub.step, roots.get(sub.step, sub.parent_model_root))
+                for digest in (spec.dataset, sub.parent_model_root, sub.result_digest, *sub.checkpoint_digests):
+                    _fetch(clients, blobs, digest)
+                if isinstance(ev, WorkFraud):
+                    ok = executor.recheck(job, sub, verdict)
+                    found.append((block["number"], FAILURE_NAMES.get(verdict.failure, "?"), "0x" + address_of(sub.trainer).hex()))
+                elif isinstance(ev, FalseVerdict):
+                    ok = not executor.recheck(job, sub, verdict)
+                    found.append((block["number"], "false accusation refuted", "0x" + address_of(verdict.validator).hex()))
+                else:
+                    ok = executor.recheck_pass(job, sub, verdict)
+                    found.append((block["number"], "false pass exposed", "0x" + address_of(verdict.validator).hex()))
+            if ok:
+                rechecked += 1
+            else:
+                errors.append(f"evidence at height {block['number']} does not re-check")
+                wrongly += 1
+    return rechecked, found, wrongly
+
+
+def _roots_by_step(client: NodeClient, executor: TorchExecutor, spec: JobSpec, job_id: str) -> dict[int, bytes]:
+    """The job's committed model root at the start of each step, from the chain's step outcomes."""
+    roots = {0: bytes(executor.initial_model_root(spec))}
+    for outcome in client.call("tdml_getJobHistory", job_id, 1000):
+        roots[outcome["step"] + 1] = bytes.fromhex(outcome["model_root"][2:])
+    return roots
+
+
+def _evidence_bytes(client: NodeClient, height: int, ev_json: dict[str, Any]) -> Any:
+    """The evidence as protocol values, decoded from the block's canonical bytes."""
+    block = decode_as(bytes.fromhex(client.call("tdml_getRawBlock", height)[2:]), Block)
+    for ev in block.body.evidence:
+        if type(ev).__name__ == ev_json["type"]:
+            return ev
+    raise AssertionError("evidence missing from the block bytes")
+
+
+def _job_at(spec: JobSpec, job_id: str, step: int, model_root: bytes) -> JobState:
+    """The job as it stood at ``step`` (what a re-check needs: spec, step, committed root)."""
+    return JobState(
+        job_id=Hash32(bytes.fromhex(job_id[2:])),
+        spec=spec,
+        submitter=address_of(bytes(32)),
+        status=JOB_ACTIVE,
+        step=step,
+        model_root=Hash32(model_root),
+        created_height=Height(0),
+        step_started_height=Height(0),
+        step_seed=ZERO_HASH,
+        assignment=(),
+        deadlines=(),
+        accepted=(),
+        results=(),
+        escrow=Amount(0),
+        last_outcome=None,
+        finished_height=Height(0),
+    )
+
+
+def _fetch(clients: list[NodeClient], blobs: MemoryBlobStore, digest: bytes) -> None:
+    if blobs.has(Hash32(digest)):
+        return
+    for c in clients:
+        try:
+            data = c.get_blob(digest.hex())
+        except OSError:
+            continue
+        blobs.put(data)
+        return

@@ -1,0 +1,46 @@
+"""The adversarial suite's scenarios: every Byzantine behaviour the node can play, one run each.
+
+Node 1 (and node 2 where two behaviours combine) misbehaves; the others are
+honest. Jobs are the presets, shortened; ``checked_steps`` and
+``checkers_per_unit`` override the job's verification policy where a
+scenario measures a policy.
+"""
+
+from __future__ import annotations
+
+from tests.adversarial.harness import Scenario
+
+LOCAL = "digits-mlp-local"
+
+BYZANTINE: tuple[Scenario, ...] = (
+    Scenario("zero result", {1: "zero"}),
+    Scenario("random result", {1: "random"}),
+    Scenario("scaled result (x10)", {1: "scale"}),
+    Scenario("mean-shifted result (+0.1 rms)", {1: "shift"}),
+    Scenario("Gaussian-noised result (0.01 rms)", {1: "noise"}),
+    Scenario("Gaussian-noised result, H=4", {1: "noise"}, job=LOCAL, steps=20),
+    Scenario("skipped inner step, H=4, c=1", {1: "skip-steps"}, job=LOCAL, steps=30),
+    Scenario("skipped inner step, H=4, c=4", {1: "skip-steps"}, job=LOCAL, steps=20, checked_steps=4),
+    Scenario("wrong shard", {1: "wrong-shard"}),
+    Scenario("stale parent state", {1: "stale-parent"}),
+    Scenario("copied another trainer's unit", {1: "copy"}),
+    Scenario("replayed its old submission", {1: "replay-old"}),
+    Scenario("withheld blobs, H=4", {1: "withhold"}, job=LOCAL, steps=20),
+    Scenario("withheld blobs, H=1", {1: "withhold"}),
+    Scenario("lazy validator + zero-result trainer", {1: "lazy", 2: "zero"}, nodes=5, checkers_per_unit=4),
+    Scenario("approve-invalid validator + zero-result trainer", {1: "approve-invalid", 2: "zero"}, nodes=5),
+    Scenario("false accusations against honest units", {1: "accuse"}),
+    Scenario("equivocating validator", {1: "equivocate"}),
+    Scenario("message flood (an outside peer)", {4: "flood"}, nodes=5, passive=True),
+    Scenario("malformed frames (an outside peer)", {4: "malformed"}, nodes=5, passive=True),
+    Scenario("message flood (a validator)", {1: "flood"}),
+)
+
+CI_SUBSET = ("zero result", "false accusations against honest units", "equivocating validator")
+
+
+def by_name(name: str) -> Scenario:
+    for s in BYZANTINE:
+        if s.name == name:
+            return s
+    raise KeyError(name)
