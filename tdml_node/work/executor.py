@@ -20,7 +20,6 @@ determinism settings are process-wide), and never use asyncio.
 from __future__ import annotations
 
 import dataclasses
-
 from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
