@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
-NODES ?= 1
+NODES ?= 4
 STEPS ?=
 DEVNET_ARGS ?=
 

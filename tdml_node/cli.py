@@ -194,7 +194,7 @@ def _is_insecure_key(path: Path) -> bool:
 
 
 @main.command()
-@click.option("--nodes", type=click.IntRange(1, 16), default=1, show_default=True, help="Node processes to start.")
+@click.option("--nodes", type=click.IntRange(1, 16), default=4, show_default=True, help="Node processes to start.")
 @click.option("--steps", type=click.IntRange(1), help="Override the job's number of training steps.")
 @click.option("--job", "job_name", default="digits-mlp", show_default=True, help="Job preset (see `tdml-node job presets`).")
 @click.option("--text", "text_path", type=click.Path(exists=True, path_type=Path), help="Text file for the chars-transformer job.")
