@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from consensus import crypto
-from consensus.codec import DecodeError, decode_as, encode
+from consensus.codec import DecodeError, decode, decode_as, encode
 from consensus.state import LedgerState, get_validator_set
 from consensus.tendermint import (
     Action,
@@ -183,6 +183,7 @@ class Node:
         self._tasks: set[asyncio.Future[Any]] = set()
         self._timers: list[asyncio.TimerHandle] = []
         self._validated: dict[bytes, BlockResult] = {}
+        self._wal_seq = 0
         self._block_listeners: list[Callable[[CommittedBlock], Awaitable[None] | None]] = []
         self.fatal: BaseException | None = None
 
@@ -290,8 +291,13 @@ class Node:
     async def _consensus_loop(self) -> None:
         height = Height(self.state.height + 1)
         await self._apply_consensus(StartHeight(height, get_validator_set(self.state)))
-        # Resume the height where a previous run of this node stopped: its own
-        # signed proposal and votes are the write-ahead log.
+        # Resume the height where a previous run of this node stopped: replay
+        # every consensus message it had taken in (so it is locked again where
+        # it was locked), then its own signed messages (the double-sign
+        # records, synced, in case the log's last unsynced writes were lost).
+        self._wal_seq = self.store.wal_next_seq(height)
+        for raw in self.store.wal_entries(height):
+            await self._apply_consensus(_as_event(decode(raw, SignedProposal | SignedVote)))
         for signed in self.privval.replay(height):
             await self._apply_consensus(_as_event(signed))
         while True:
@@ -315,9 +321,18 @@ class Node:
             self.network.penalize(item.peer, reason, severity)
         else:
             payload = item.event.signed
+            self._log_consensus(payload)
             await self.network.broadcast(payload, exclude=item.peer)
         for action in actions:
             await self._perform(action)
+
+    def _log_consensus(self, signed: SignedProposal | SignedVote) -> None:
+        """Append a consensus message of the height in progress to the write-ahead log."""
+        height = signed.proposal.height if isinstance(signed, SignedProposal) else signed.vote.height
+        if height != self.state.height + 1:
+            return
+        self.store.wal_append(height, self._wal_seq, encode(signed))
+        self._wal_seq += 1
 
     async def _apply_consensus(self, event: ConsensusEvent) -> None:
         for action in self.core.apply(event):
@@ -360,6 +375,7 @@ class Node:
             await self._equivocate(signed)
         else:
             await self.network.broadcast(signed)
+        self._log_consensus(signed)
         self.inbox.put_nowait(_as_event(signed))
 
     async def _equivocate(self, signed: SignedVote) -> None:
@@ -584,6 +600,8 @@ class Node:
             maybe = listener(committed)
             if maybe is not None:
                 await maybe
+        self._wal_seq = 0
+        await asyncio.to_thread(self.store.wal_prune, self.state.height + 1)
         await self._apply_consensus(StartHeight(Height(self.state.height + 1), get_validator_set(self.state)))
         self.duties.schedule()
         await self.duties.retry_early()

@@ -10,6 +10,8 @@ Layout (keys are a one-byte prefix and a fixed-width suffix):
 - ``x`` + digest → blob bytes (content-addressed)
 - ``m`` + name → metadata: ``tip`` (height + hash), ``state`` (snapshot),
   ``genesis`` (genesis bytes), ``privval`` (last signed height/round/step)
+- ``l`` + height + sequence (4 bytes BE) → a consensus message of that
+  height, as the consensus loop received it (the write-ahead log)
 
 ``commit_block`` writes a block, its commit, the ledger state after it, its
 indexes and the blobs it makes part of the state in ONE write batch with
@@ -206,6 +208,28 @@ class ChainStore:
     def iter_blob_digests(self) -> Iterator[Hash32]:
         for key in self._db.iterator(prefix=b"x", include_value=False):
             yield Hash32(key[1:])
+
+    # ------------------------------------------------------ write-ahead log
+
+    def wal_append(self, height: int, seq: int, message: bytes) -> None:
+        """Log a consensus message of ``height``; unsynced, since our own next vote's synced write flushes it."""
+        try:
+            self._db.put(b"l" + _h(height) + seq.to_bytes(4, "big"), message)
+        except plyvel.Error as exc:
+            raise StorageError(f"cannot write the consensus log: {_reason(exc)}") from exc
+
+    def wal_entries(self, height: int) -> list[bytes]:
+        return [v for _, v in self._db.iterator(prefix=b"l" + _h(height))]
+
+    def wal_next_seq(self, height: int) -> int:
+        with self._db.iterator(prefix=b"l" + _h(height), reverse=True, include_value=False) as it:
+            last = next(it, None)
+        return 0 if last is None else int.from_bytes(last[-4:], "big") + 1
+
+    def wal_prune(self, below_height: int) -> None:
+        with self._write(sync=False) as wb:
+            for key in self._db.iterator(start=b"l", stop=b"l" + _h(below_height), include_value=False):
+                wb.delete(key)
 
     # ---------------------------------------------------------------- meta
 

@@ -73,3 +73,18 @@ def test_store_locked_by_another_process_is_a_clear_error(tmp_path: Path) -> Non
     with pytest.raises(StorageError, match="cannot open"):
         ChainStore(tmp_path / "db")
     first.close()
+
+
+def test_consensus_log_keeps_order_per_height_and_prunes_older_heights(tmp_path: Path) -> None:
+    store = ChainStore(tmp_path / "db")
+    for seq, msg in enumerate([b"a", b"b", b"c"]):
+        store.wal_append(7, seq, msg)
+    store.wal_append(8, 0, b"next")
+    assert store.wal_entries(7) == [b"a", b"b", b"c"]
+    assert store.wal_next_seq(7) == 3 and store.wal_next_seq(9) == 0
+    store.close()
+    store = ChainStore(tmp_path / "db")
+    assert store.wal_entries(7) == [b"a", b"b", b"c"]
+    store.wal_prune(8)
+    assert store.wal_entries(7) == [] and store.wal_entries(8) == [b"next"]
+    store.close()
