@@ -1,0 +1,81 @@
+"""The command line: init with an encrypted key, genesis, reference, rpc, help, and model export."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from consensus.codec import decode_as
+from consensus.types import Genesis
+from tdml_node.cli import main
+from tdml_node.devnet import Devnet, running_devnet, submit_job
+from tdml_node.keys import read_key_file
+from tdml_node.work.export import load_exported
+from tdml_node.work.jobs import get_job
+from tdml_node.work.reference import run_reference
+
+
+def _ok(args: list[str]) -> str:
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_every_command_explains_itself() -> None:
+    for args in ([], ["init"], ["run"], ["devnet"], ["rpc"], ["job"], ["job", "submit"], ["reference"],
+                 ["model", "export"], ["genesis", "new"], ["register"], ["transfer"]):
+        out = _ok([*args, "--help"])
+        assert "Usage:" in out and len(out) > 200
+    assert "TEST NETWORKS ONLY" in _ok(["run", "--help"])
+
+
+def test_init_genesis_and_a_clear_error_for_a_bad_passphrase(tmp_path: Path) -> None:
+    home = tmp_path / "n"
+    secret = tmp_path / "pass"
+    secret.write_text("hunter2\n")
+    _ok(["init", "--home", str(home), "--passphrase-file", str(secret), "--rpc-port", "9123"])
+    assert "9123" in (home / "config.toml").read_text()
+    assert read_key_file(home / "node_key.json", "hunter2").public_key
+    again = CliRunner().invoke(main, ["init", "--home", str(home), "--insecure-dev-key"])
+    assert again.exit_code != 0 and "exists" in again.output
+    out = tmp_path / "genesis.bin"
+    _ok(["genesis", "new", "--chain-id", "cli-test", "--node", str(home), "--out", str(out)])
+    assert decode_as(out.read_bytes(), Genesis).chain_id == "cli-test"
+    shown = json.loads(_ok(["genesis", "show", str(out)]))
+    assert shown["hash"].startswith("0x") and shown["genesis"]["chain_id"] == "cli-test"
+    wrong = tmp_path / "wrong"
+    wrong.write_text("nope")
+    (home / "genesis.bin").write_bytes(out.read_bytes())
+    bad = CliRunner().invoke(main, ["run", "--home", str(home), "--passphrase-file", str(wrong)])
+    assert bad.exit_code != 0 and "wrong passphrase" in bad.output
+    unreachable = CliRunner().invoke(main, ["rpc", "--url", "http://127.0.0.1:9", "tdml_blockNumber"])
+    assert unreachable.exit_code != 0 and "cannot reach" in unreachable.output
+
+
+def test_reference_prints_the_reference_root() -> None:
+    spec, dataset = get_job("digits-mlp", steps=5)
+    out = _ok(["reference", "--steps", "5"]).strip()
+    assert out == "0x" + run_reference(spec, dataset).final_root.hex()
+
+
+@pytest.mark.slow
+def test_model_export_from_a_running_node_loads_in_pytorch(tmp_path: Path) -> None:
+    spec, dataset = get_job("digits-mlp", steps=20)
+    devnet = Devnet.create(tmp_path / "net", 1)
+    with running_devnet(devnet):
+        client = devnet.nodes[0].client()
+        job_id = submit_job(client, devnet.client_key, devnet.genesis.chain_id, spec, dataset)
+        deadline = time.monotonic() + 120
+        while (client.call("tdml_getJob", job_id) or {}).get("status") != "done":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        out = tmp_path / "model.safetensors"
+        _ok(["model", "export", job_id, "--out", str(out), "--url", devnet.nodes[0].rpc_url])
+        listed = json.loads(_ok(["job", "list", "--url", devnet.nodes[0].rpc_url]))
+    model, meta = load_exported(out)
+    assert meta["model_root"] == run_reference(spec, dataset).final_root.hex()
+    assert listed[0]["status"] == "done" and sum(p.numel() for p in model.parameters()) > 0
