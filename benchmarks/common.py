@@ -25,15 +25,12 @@ from importlib import metadata
 from typing import Any
 
 from consensus.types import (
-    JOB_ACTIVE,
-    ZERO_HASH,
     Address,
-    Amount,
     Hash32,
-    Height,
     JobSpec,
     JobState,
 )
+from consensus.work import make_job_view
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,26 +252,5 @@ def machine_info() -> dict[str, Any]:
 
 
 def job_state(spec: JobSpec, root: Hash32, step: int, trainer: Address) -> JobState:
-    """Step ``step`` of a job whose model state is ``root``, every shard assigned to ``trainer``.
-
-    Only the fields the executor reads matter (spec, step, model root); the
-    rest are plausible placeholders.
-    """
-    return JobState(
-        job_id=Hash32(bytes([7]) * 32),
-        spec=spec,
-        submitter=Address(bytes(20)),
-        status=JOB_ACTIVE,
-        step=step,
-        model_root=root,
-        created_height=Height(1),
-        step_started_height=Height(1 + step),
-        step_seed=ZERO_HASH,
-        assignment=(trainer,) * spec.shards,
-        deadlines=(Height(1 + step + spec.verification.unit_timeout_blocks),) * spec.shards,
-        accepted=(None,) * spec.shards,
-        results=(None,) * spec.shards,
-        escrow=Amount(0),
-        last_outcome=None,
-        finished_height=Height(0),
-    )
+    """Step ``step`` of a job whose model state is ``root``, every shard assigned to ``trainer``."""
+    return make_job_view(Hash32(bytes([7]) * 32), spec, step, root, trainer)

@@ -227,7 +227,8 @@ def _compile_message(cls: type) -> tuple[_Enc, _Dec]:
     return enc, dec
 
 
-def _field_codec(tp: Any) -> tuple[_Enc, _Dec]:
+def unwrap_bounds(tp: Any) -> tuple[Any, int | None, IntRange | None]:
+    """A field type without its ``Annotated`` bounds, and those bounds (length limit, int range)."""
     limit: int | None = None
     int_range: IntRange | None = None
     if typing.get_origin(tp) is typing.Annotated:
@@ -238,6 +239,11 @@ def _field_codec(tp: Any) -> tuple[_Enc, _Dec]:
             elif isinstance(extra, IntRange):
                 int_range = extra
         tp = base
+    return tp, limit, int_range
+
+
+def _field_codec(tp: Any) -> tuple[_Enc, _Dec]:
+    tp, limit, int_range = unwrap_bounds(tp)
     if tp in _SCALARS:
         rule = _SCALARS[tp]
         if int_range is not None:

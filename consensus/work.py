@@ -33,10 +33,13 @@ from consensus.types import (
     FAILURE_PARENT,
     FAILURE_REPLAY,
     FAILURE_RESULT,
+    JOB_ACTIVE,
     ZERO_HASH,
     Address,
+    Amount,
     ExecutionProfile,
     Hash32,
+    Height,
     JobSpec,
     JobState,
     Signature,
@@ -153,6 +156,38 @@ class WorkExecutor(WorkOracle, Protocol):
     def check_result(self, job: JobState, submission: WorkSubmission) -> int:
         """Check the result blob against the final checkpoint; a ``FAILURE_*`` code."""
         ...
+
+
+def make_job_view(
+    job_id: Hash32, spec: JobSpec, step: int, model_root: Hash32, assignee: Address | None = None
+) -> JobState:
+    """The job as it stood at the start of ``step``, as far as checking its work needs.
+
+    Replays, result checks and evidence re-checks read only the id, spec,
+    step and committed model root; so anyone holding the chain's blocks and
+    blobs can re-check a unit or a piece of evidence without the node's
+    state. ``assignee`` (every shard's trainer) is for callers that also
+    validate submissions.
+    """
+    shards = spec.shards if assignee is not None else 0
+    return JobState(
+        job_id=job_id,
+        spec=spec,
+        submitter=Address(bytes(20)),
+        status=JOB_ACTIVE,
+        step=step,
+        model_root=model_root,
+        created_height=Height(0),
+        step_started_height=Height(0),
+        step_seed=ZERO_HASH,
+        assignment=(assignee,) * shards if assignee is not None else (),
+        deadlines=(Height(2**62),) * shards,
+        accepted=(None,) * shards,
+        results=(None,) * shards,
+        escrow=Amount(0),
+        last_outcome=None,
+        finished_height=Height(0),
+    )
 
 
 # ---------------------------------------------------------------------------

@@ -27,18 +27,15 @@ from consensus.types import (
     FAILURE_PARENT,
     FAILURE_REPLAY,
     FAILURE_RESULT,
-    JOB_ACTIVE,
-    ZERO_HASH,
-    Amount,
     Block,
     Equivocation,
     FalseVerdict,
     Hash32,
-    Height,
     JobSpec,
     JobState,
     WorkFraud,
 )
+from consensus.work import make_job_view
 from tdml_node.blobs import MemoryBlobStore
 from tdml_node.client import NodeClient
 from tdml_node.devnet import Devnet, running_devnet, submit_job
@@ -274,24 +271,7 @@ def _evidence_bytes(client: NodeClient, height: int, ev_json: dict[str, Any]) ->
 
 def _job_at(spec: JobSpec, job_id: str, step: int, model_root: bytes) -> JobState:
     """The job as it stood at ``step`` (what a re-check needs: spec, step, committed root)."""
-    return JobState(
-        job_id=Hash32(bytes.fromhex(job_id[2:])),
-        spec=spec,
-        submitter=address_of(bytes(32)),
-        status=JOB_ACTIVE,
-        step=step,
-        model_root=Hash32(model_root),
-        created_height=Height(0),
-        step_started_height=Height(0),
-        step_seed=ZERO_HASH,
-        assignment=(),
-        deadlines=(),
-        accepted=(),
-        results=(),
-        escrow=Amount(0),
-        last_outcome=None,
-        finished_height=Height(0),
-    )
+    return make_job_view(Hash32(bytes.fromhex(job_id[2:])), spec, step, Hash32(model_root))
 
 
 def _fetch(clients: list[NodeClient], blobs: MemoryBlobStore, digest: bytes) -> None:

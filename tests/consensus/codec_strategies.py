@@ -44,16 +44,7 @@ class Shape:
 
 def shape_of(tp: Any) -> Shape:
     """Resolve a field type the way ``codec._field_codec`` does."""
-    limit: int | None = None
-    int_range: codec.IntRange | None = None
-    if typing.get_origin(tp) is typing.Annotated:
-        base, *extras = typing.get_args(tp)
-        for extra in extras:
-            if isinstance(extra, codec.MaxLen):
-                limit = extra.n
-            elif isinstance(extra, codec.IntRange):
-                int_range = extra
-        tp = base
+    tp, limit, int_range = codec.unwrap_bounds(tp)
     rule = codec.get_scalar_rule(tp)
     if rule is not None:
         lo, hi = (int_range.lo, int_range.hi) if int_range else (rule.lo, rule.hi)

@@ -39,17 +39,7 @@ def registered() -> list[type]:
 
 
 def _unwrap(tp: Any) -> tuple[Any, int | None, codec.IntRange | None]:
-    limit: int | None = None
-    int_range: codec.IntRange | None = None
-    if typing.get_origin(tp) is typing.Annotated:
-        base, *extras = typing.get_args(tp)
-        for extra in extras:
-            if isinstance(extra, codec.MaxLen):
-                limit = extra.n
-            elif isinstance(extra, codec.IntRange):
-                int_range = extra
-        tp = base
-    return tp, limit, int_range
+    return codec.unwrap_bounds(tp)
 
 
 def _int_in(rng: Random, lo: int, hi: int) -> int:

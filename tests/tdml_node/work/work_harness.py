@@ -14,12 +14,7 @@ import torch
 
 from consensus import crypto
 from consensus.types import (
-    JOB_ACTIVE,
-    ZERO_HASH,
-    Address,
-    Amount,
     Hash32,
-    Height,
     JobSpec,
     JobState,
     PublicKey,
@@ -28,7 +23,7 @@ from consensus.types import (
     VerificationPolicy,
     WorkSubmission,
 )
-from consensus.work import CheckResult, TrainedUnit, submission_id
+from consensus.work import CheckResult, TrainedUnit, make_job_view, submission_id
 from tdml_node.blobs import MemoryBlobStore
 from tdml_node.work.datasets import synthetic_bundle
 from tdml_node.work.executor import TorchExecutor
@@ -83,25 +78,8 @@ def make_executor(data: bytes, **kwargs: object) -> TorchExecutor:
 
 def job_state(spec: JobSpec, root: Hash32, step: int = 0) -> JobState:
     """The job at ``step`` with every shard assigned to ``TRAINER`` and none accepted yet."""
-    trainer = crypto.address_of(TRAINER.public_key)
-    return JobState(
-        job_id=Hash32(crypto.sha256(spec.name.encode())),
-        spec=spec,
-        submitter=Address(bytes(20)),
-        status=JOB_ACTIVE,
-        step=step,
-        model_root=root,
-        created_height=Height(0),
-        step_started_height=Height(0),
-        step_seed=ZERO_HASH,
-        assignment=(trainer,) * spec.shards,
-        deadlines=(Height(100),) * spec.shards,
-        accepted=(None,) * spec.shards,
-        results=(None,) * spec.shards,
-        escrow=Amount(0),
-        last_outcome=None,
-        finished_height=Height(0),
-    )
+    job_id = Hash32(crypto.sha256(spec.name.encode()))
+    return make_job_view(job_id, spec, step, root, crypto.address_of(TRAINER.public_key))
 
 
 def submission_for(job: JobState, shard: int, unit: TrainedUnit, **changes: object) -> WorkSubmission:
