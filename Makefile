@@ -25,7 +25,7 @@ devnet: install
 test: install
 	$(BIN)/ruff check consensus p2p tdml_node tests benchmarks
 	$(BIN)/mypy
-	$(BIN)/pytest -n 2 -q
+	$(BIN)/pytest -n 2 --dist loadgroup -q
 
 test-fast: install
 	$(BIN)/pytest -n 2 -q -m "not slow"
