@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import json
 import os
 import shutil
@@ -47,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,9 +56,9 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
+from torch.multiprocessing.spawn import spawn as mp_spawn
 from torch.nn.parallel import DistributedDataParallel
 
 from benchmarks.common import (
@@ -89,6 +91,12 @@ NODES = 4
 DDP_WORLD = 4
 CHAIN_ID_FOR_SAMPLING = "tdml-bench"
 POLL_SECONDS = 0.1
+"""How often the joining node's height is read."""
+JOB_POLL_SECONDS = 0.25
+"""How often the devnet job's history is read (each read costs node 0 about a millisecond of CPU)."""
+HISTORY_LIMIT = 4
+STALL_MS = 500.0
+"""A height that takes longer than this stalled (an empty one normally takes tens of milliseconds)."""
 POLL_PROBES = 50
 
 Loads = list[str]
@@ -261,7 +269,7 @@ def run_ddp(spec: JobSpec, dataset: bytes, world: int = DDP_WORLD) -> DdpRun:
     out_dir = tempfile.mkdtemp(prefix="tdml-bench-ddp-")
     try:
         started = time.perf_counter()
-        mp.spawn(_ddp_worker, args=(world, free_port(), spec, dataset, out_dir), nprocs=world, join=True)
+        mp_spawn(_ddp_worker, args=(world, free_port(), spec, dataset, out_dir), nprocs=world, join=True)  # type: ignore[no-untyped-call]
         total = time.perf_counter() - started
         ranks = [json.loads(Path(out_dir, f"rank{r}.json").read_text()) for r in range(world)]
     finally:
@@ -283,7 +291,10 @@ class NodeFigures:
     busiest_other_thread_cpu: float
     remaining_threads_cpu: float
     units_trained: int
+    """Its units the chain accepted (``unitsVerified``)."""
     verdicts_signed: int
+    units_checked: int | None
+    """Units it replayed (``tdml_units_checked`` of ``/metrics``), whether or not its verdict was included."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,6 +310,40 @@ class DevnetRun:
     polls: int
     poll_cpu_seconds: float
     ready_seconds: float
+    later_round_blocks: int
+    """Blocks of the job decided in a round above 0 (round 0's proposal timed out or was refused)."""
+    later_round_time_share: float
+    """Share of node 0's time between the job's commits spent in heights decided in a round above 0."""
+    unit_blocks_without_outcome: int
+    """Blocks that carried units but completed no step (a step's units split over several blocks)."""
+    metrics_delta: dict[str, float]
+    """Sums over the nodes of the /metrics counters that moved during the job."""
+
+
+METRICS = (
+    "tdml_units_trained_total",
+    "tdml_units_checked_total",
+    "tdml_units_failed_total",
+    "tdml_blocks_committed_total",
+    "tdml_commit_seconds_sum",
+    "tdml_commit_seconds_count",
+)
+
+
+def read_metrics(rpc_url: str) -> dict[str, float]:
+    """The unlabelled samples of a node's ``/metrics`` page that this module reads; empty if none answered."""
+    try:
+        with urllib.request.urlopen(rpc_url + "/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in METRICS:
+            with contextlib.suppress(ValueError):
+                out[name] = float(value)
+    return out
 
 
 def wait_quiet(pids: Sequence[int], *, window: float = 0.5, busy_below: float = 0.2, timeout: float = 60.0) -> None:
@@ -363,6 +408,7 @@ def run_devnet_job(spec: JobSpec, dataset: bytes, *, timeout: float) -> DevnetRu
             wait_quiet(pids)
             client = clients[0]
             height0 = int(client.call("tdml_blockNumber"))
+            metrics0 = [read_metrics(n.rpc_url) for n in devnet.nodes]
             threads0 = [thread_cpu_seconds(p) for p in pids]
             cpu0 = [proc_cpu_seconds(p) for p in pids]
             started = time.perf_counter()
@@ -371,7 +417,7 @@ def run_devnet_job(spec: JobSpec, dataset: bytes, *, timeout: float) -> DevnetRu
             polls = 0
             while spec.steps - 1 not in seen:
                 _check_alive(devnet)
-                history = client.call("tdml_getJobHistory", job_id, 16) or []
+                history = client.call("tdml_getJobHistory", job_id, HISTORY_LIMIT) or []
                 polls += 1
                 now = time.perf_counter() - started
                 for o in history:
@@ -379,23 +425,37 @@ def run_devnet_job(spec: JobSpec, dataset: bytes, *, timeout: float) -> DevnetRu
                 if now > timeout:
                     raise DevnetError(f"the job did not finish within {timeout:.0f}s (steps seen: {len(seen)})")
                 if spec.steps - 1 not in seen:
-                    time.sleep(POLL_SECONDS)
+                    time.sleep(JOB_POLL_SECONDS)
             seconds = seen[spec.steps - 1][0]
             cpu1 = [proc_cpu_seconds(p) for p in pids]
             threads1 = [thread_cpu_seconds(p) for p in pids]
+            metrics1 = [read_metrics(n.rpc_url) for n in devnet.nodes]
             view = client.call("tdml_getJob", job_id)
             height1 = int(client.call("tdml_blockNumber"))
+            later_round = partial = 0
+            for h in range(height0 + 1, height1 + 1):
+                block = client.call("tdml_getBlockByNumber", h, False)
+                later_round += int(block["header"]["round"]) > 0
+                partial += bool(block["submissions"]) and not block["outcomes"]
+            log = commit_log(devnet.nodes[0].log_path, height0, height1)
+            spans = [(log[h][0] - log[h - 1][0], log[h][1]) for h in range(height0 + 1, height1 + 1)
+                     if h in log and h - 1 in log]
+            later_share = sum(d for d, r in spans if r > 0) / max(sum(d for d, _ in spans), 1e-9)
             records = [client.call("tdml_getTrainer", "0x" + n.keypair.address.hex()) for n in devnet.nodes]
             # What one of our polls costs node 0, so its share of the node's CPU time is known.
             c0 = proc_cpu_seconds(pids[0])
             for _ in range(POLL_PROBES):
-                client.call("tdml_getJobHistory", job_id, 16)
+                client.call("tdml_getJobHistory", job_id, HISTORY_LIMIT)
             poll_cpu = (proc_cpu_seconds(pids[0]) - c0) / POLL_PROBES
         nodes = []
         for i, pid in enumerate(pids):
             main, busiest, rest = _split_threads(pid, threads0[i], threads1[i])
-            nodes.append(NodeFigures(cpu1[i] - cpu0[i], main, busiest, rest,
-                                     int(records[i]["unitsVerified"]), int(records[i]["verdictsSigned"])))
+            checked = metrics1[i].get("tdml_units_checked_total")
+            nodes.append(NodeFigures(
+                cpu1[i] - cpu0[i], main, busiest, rest, int(records[i]["unitsVerified"]),
+                int(records[i]["verdictsSigned"]),
+                None if checked is None else int(checked - metrics0[i].get("tdml_units_checked_total", 0.0)),
+            ))
         evals = tuple(EvalPoint(step, acc, at, at) for step, (at, acc) in sorted(seen.items()) if acc is not None)
         last_eval = (view or {}).get("lastEval") or {}
         return DevnetRun(
@@ -409,6 +469,13 @@ def run_devnet_job(spec: JobSpec, dataset: bytes, *, timeout: float) -> DevnetRu
             polls=polls,
             poll_cpu_seconds=poll_cpu,
             ready_seconds=ready,
+            later_round_blocks=later_round,
+            later_round_time_share=later_share,
+            unit_blocks_without_outcome=partial,
+            metrics_delta={
+                name: sum(m1.get(name, 0.0) - m0.get(name, 0.0) for m0, m1 in zip(metrics0, metrics1, strict=True))
+                for name in METRICS
+            },
         )
     finally:
         shutil.rmtree(base, ignore_errors=True)
@@ -497,14 +564,42 @@ def measure_units(spec: JobSpec, dataset: bytes) -> UnitCosts:
 
 @dataclass(frozen=True, slots=True)
 class ConsensusRun:
-    ms_per_height: list[float]
-    """One value per window."""
     heights: int
     seconds: float
     cluster_cpu_seconds: float
+    later_round_heights: int
+    """Heights of the measured span decided in a round above 0 (a round timed out)."""
+    intervals_ms: list[float]
+    """Node 0's time from committing each height to committing the next, from its log."""
+
+    @property
+    def mean_ms(self) -> float:
+        return self.seconds * 1e3 / self.heights if self.heights else float("inf")
+
+    def stalls(self, over_ms: float = STALL_MS) -> tuple[int, float]:
+        """How many heights took longer than ``over_ms``, and their share of the span."""
+        slow = [x for x in self.intervals_ms if x > over_ms]
+        return len(slow), sum(slow) / max(sum(self.intervals_ms), 1e-9)
 
 
-def run_consensus(count: int, *, seconds: float, windows: int) -> ConsensusRun:
+def commit_log(log: Path, first: int, last: int) -> dict[int, tuple[float, int]]:
+    """(seconds of the day, round) at which the node logged committing each height in ``[first, last]``."""
+    out: dict[int, tuple[float, int]] = {}
+    for line in log.read_text(errors="replace").splitlines():
+        if "msg=committed height=" not in line:
+            continue
+        try:
+            fields = dict(f.split("=", 1) for f in line.split("msg=committed ", 1)[1].split() if "=" in f)
+            height, round_ = int(fields["height"]), int(fields["round"])
+            stamp = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+        except (IndexError, KeyError, ValueError):
+            continue
+        if first <= height <= last:
+            out[height] = (stamp.timestamp(), round_)
+    return out
+
+
+def run_consensus(count: int, *, seconds: float) -> ConsensusRun:
     """A fresh devnet of ``count`` validators with no job, proposing empty blocks as soon as it can."""
     base = Path(tempfile.mkdtemp(prefix="tdml-bench-cons-"))
     try:
@@ -514,22 +609,21 @@ def run_consensus(count: int, *, seconds: float, windows: int) -> ConsensusRun:
             client = devnet.nodes[0].client()
             clients = [n.client() for n in devnet.nodes]
             _wait_for(lambda: all(int(c.call("tdml_blockNumber")) >= 3 for c in clients), 90, "the first heights", devnet)
-            time.sleep(1.0)
+            time.sleep(2.0)  # the last nodes' start-up (torch warm-up) ends
             cpu0 = sum(proc_cpu_seconds(p) for p in pids)
             t0 = time.perf_counter()
             h0 = int(client.call("tdml_blockNumber"))
-            last_t, last_h = t0, h0
-            per: list[float] = []
-            for _ in range(windows):
-                time.sleep(seconds / windows)
+            while time.perf_counter() - t0 < seconds:
+                time.sleep(min(1.0, max(0.0, seconds - (time.perf_counter() - t0))))
                 _check_alive(devnet)
-                h = int(client.call("tdml_blockNumber"))
-                now = time.perf_counter()
-                if h > last_h:
-                    per.append((now - last_t) * 1e3 / (h - last_h))
-                last_t, last_h = now, h
+            h1 = int(client.call("tdml_blockNumber"))
+            span = time.perf_counter() - t0
             cpu = sum(proc_cpu_seconds(p) for p in pids) - cpu0
-        return ConsensusRun(per, last_h - h0, last_t - t0, cpu)
+            later = sum(int(client.call("tdml_getBlockByNumber", x, False)["header"]["round"]) > 0
+                        for x in range(h0 + 1, h1 + 1))
+            times = commit_log(devnet.nodes[0].log_path, h0, h1)
+        intervals = [(times[h + 1][0] - times[h][0]) * 1e3 for h in range(h0, h1) if h in times and h + 1 in times]
+        return ConsensusRun(h1 - h0, span, cpu, later, intervals)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
@@ -546,14 +640,26 @@ class SyncRun:
     ready_seconds: float
     """Launch of the fifth node to its RPC answering."""
     height_at_ready: int
+    first_block_seconds: float
+    """Launch to the first sighting of a height above 0."""
+    height_at_first: int
     synced_seconds: float
     """Launch of the fifth node to its height reaching the target."""
-    blocks_per_second: float
-    """Blocks applied ÷ seconds, from its RPC answering to the target."""
     node_cpu_seconds: float
+    """The joining node's CPU time from its RPC answering to the target."""
     serving_cpu_seconds: float
-    """Node 0's CPU time while the fifth node synced (it serves the blocks)."""
+    """Node 0's CPU time while the fifth node started and synced (it serves the blocks)."""
     same_hash: bool
+
+    @property
+    def blocks_per_second(self) -> float:
+        """Blocks applied ÷ seconds, from its RPC answering to the target (connecting included)."""
+        return (self.target_height - self.height_at_ready) / max(self.synced_seconds - self.ready_seconds, 1e-9)
+
+    @property
+    def steady_blocks_per_second(self) -> float:
+        """Blocks applied ÷ seconds, from its first synced block to the target."""
+        return (self.target_height - self.height_at_first) / max(self.synced_seconds - self.first_block_seconds, 1e-9)
 
 
 def _cli(*args: str) -> None:
@@ -608,39 +714,46 @@ def run_sync(*, blocks: int, job_steps: int, timeout: float) -> SyncRun:
                               rpc_port, p2p_port)
             devnet.nodes.append(late)
             late_client = late.client(timeout=5)
-            serving0 = proc_cpu_seconds(_pids(devnet)[0]) if devnet.nodes[0].process else 0.0
+            server = devnet.nodes[0].process
+            if server is None:
+                raise DevnetError("node 0 is not running")
+            serving0 = proc_cpu_seconds(server.pid)
             launched = time.perf_counter()
             devnet.start(late, ["--bootstrap", f"127.0.0.1:{devnet.nodes[0].p2p_port}", "--dev"])
-            assert late.process is not None
-            ready_at: float | None = None
-            height_at_ready = 0
+            if late.process is None:
+                raise DevnetError("the joining node did not start")
+            ready: tuple[float, int, float] | None = None  # (seconds, height, CPU seconds)
+            first: tuple[float, int] | None = None
             while True:
                 if late.process.poll() is not None:
                     raise DevnetError(f"the joining node exited:\n{devnet.log_tail(late)}")
                 h = _height(late_client)
-                now = time.perf_counter()
-                if h is not None and ready_at is None:
-                    ready_at, height_at_ready = now, h
+                now = time.perf_counter() - launched
+                if h is not None and ready is None:
+                    ready = (now, h, proc_cpu_seconds(late.process.pid))
+                if h is not None and h > 0 and first is None:
+                    first = (now, h)
                 if h is not None and h >= target:
                     break
-                if now - launched > timeout:
+                if now > timeout:
                     raise DevnetError(f"the joining node did not reach {target} in {timeout:.0f}s (at {h})")
                 time.sleep(POLL_SECONDS)
-            synced = now
             node_cpu = proc_cpu_seconds(late.process.pid)
-            serving = proc_cpu_seconds(devnet.nodes[0].process.pid) - serving0 if devnet.nodes[0].process else 0.0
+            serving = proc_cpu_seconds(server.pid) - serving0
             ours = client.call("tdml_getBlockByNumber", target, False)["hash"]
             theirs = late_client.call("tdml_getBlockByNumber", target, False)["hash"]
-        assert ready_at is not None
+        if ready is None or first is None:
+            raise DevnetError("the joining node never answered")
         return SyncRun(
             target_height=target,
             build_seconds=build_seconds,
             job_steps_done=steps_done,
-            ready_seconds=ready_at - launched,
-            height_at_ready=height_at_ready,
-            synced_seconds=synced - launched,
-            blocks_per_second=(target - height_at_ready) / max(synced - ready_at, 1e-9),
-            node_cpu_seconds=node_cpu,
+            ready_seconds=ready[0],
+            height_at_ready=ready[1],
+            first_block_seconds=first[0],
+            height_at_first=first[1],
+            synced_seconds=now,
+            node_cpu_seconds=node_cpu - ready[2],
             serving_cpu_seconds=serving,
             same_hash=ours == theirs,
         )
@@ -685,12 +798,11 @@ def _nan(x: float | None) -> float:
 
 def run(settings: Settings) -> list[BenchResult]:
     repeats = settings.repeats_for(2, 1)
-    steps = settings.pick(24, 6)
+    steps = settings.pick(20, 4)
     target = QUICK_TARGET_ACCURACY if settings.quick else TARGET_ACCURACY
-    cons_seconds = float(settings.pick(20, 8))
-    cons_windows = settings.pick(10, 4)
-    sync_blocks = settings.pick(300, 100)
-    sync_job_steps = settings.pick(100, 30)
+    cons_seconds = float(settings.pick(15, 6))
+    sync_blocks = settings.pick(300, 80)
+    sync_job_steps = settings.pick(100, 20)
     spec, dataset = heavy_job(steps=steps)
     samples = spec.steps * spec.global_batch
     n_checkers = spec.verification.checkers_per_unit or (NODES - 1) // 3 + 1
@@ -722,6 +834,9 @@ def run(settings: Settings) -> list[BenchResult]:
     unit_cpu = j.row("one unit (train_unit, 1 thread, in-process): CPU", "s")
     unit_wall = j.row("one unit (train_unit, 1 thread, in-process): wall", "s")
     blocks_step = j.row("devnet blocks per step", "blocks")
+    later_round = j.row("devnet blocks decided in a round > 0 (round 0 timed out)", "% of blocks")
+    later_time = j.row("devnet time in heights decided in a round > 0 (from node 0's log)", "% of the job")
+    commit_ms = j.row("devnet commit_block time per block (mean over nodes, /metrics)", "ms")
 
     c = s.cpu
     node_rows = [
@@ -735,7 +850,7 @@ def run(settings: Settings) -> list[BenchResult]:
     cluster_vs_ddp = c.row("all 4 node processes' CPU for the job", "s", baseline_label="DDP-gloo CPU, 4 ranks summed")
     model_rows = [
         c.row(f"node {i} process CPU for the job", "s",
-              baseline_label="modelled: units × train + verdicts × check_unit + steps × step_outcome")
+              baseline_label="modelled: units × train_unit + replays × check_unit + steps × step_outcome")
         for i in range(NODES)
     ]
     main_row = c.row("main thread (event loop: consensus, p2p, RPC) CPU per step, mean over nodes", "ms")
@@ -751,36 +866,50 @@ def run(settings: Settings) -> list[BenchResult]:
                     f"{spec.eval_every} steps, averaged)", "s", baseline_label="train_unit CPU × K per step")
     model_row = v.row(f"verification + aggregation CPU per step, model: {n_checkers} × K × check_unit + "
                       f"{NODES} nodes × step_outcome", "s", baseline_label="training CPU per step: K × train_unit")
-    actual_model_row = v.row("verification + aggregation CPU of the job, from the nodes' records: Σ verdicts × "
+    actual_model_row = v.row("verification + aggregation CPU of the job, from the nodes' counts: Σ replays × "
                              "check_unit + nodes × Σ step_outcome", "s",
                              baseline_label="training CPU of the job: units × train_unit")
     actual_row = v.row("all node CPU except training (measured total − units × train_unit)", "s",
                        baseline_label="training CPU of the job: units × train_unit")
 
     k = s.consensus
-    cons4 = k.row("consensus time per empty height, 4 validators", "ms", note="median over windows")
-    cons7 = k.row("consensus time per empty height, 7 validators", "ms", baseline_label="4 validators",
-                  note="median over windows")
+    cons4 = k.row("consensus time per empty height, 4 validators: median height", "ms",
+                  note="node 0's commit-to-commit intervals")
+    cons7 = k.row("consensus time per empty height, 7 validators: median height", "ms", baseline_label="4 validators",
+                  note="node 0's commit-to-commit intervals")
+    mean4 = k.row("consensus time per empty height, 4 validators: mean, stalls included", "ms",
+                  note="measured span ÷ heights")
+    mean7 = k.row("consensus time per empty height, 7 validators: mean, stalls included", "ms",
+                  baseline_label="4 validators", note="measured span ÷ heights")
+    p90_4 = k.row("consensus time per empty height, 4 validators: 90th percentile height", "ms")
+    p90_7 = k.row("consensus time per empty height, 7 validators: 90th percentile height", "ms")
+    stall4 = k.row(f"share of the span spent in heights over {STALL_MS:.0f} ms, 4 validators", "%")
+    stall7 = k.row(f"share of the span spent in heights over {STALL_MS:.0f} ms, 7 validators", "%")
     cpu4 = k.row("cluster CPU per empty height, 4 validators", "ms")
     cpu7 = k.row("cluster CPU per empty height, 7 validators", "ms", baseline_label="4 validators")
 
     y = s.sync
-    sync_bps = y.row("joining node sync speed (RPC up to target height)", "blocks/s")
+    sync_bps = y.row("joining node sync speed, RPC answering to target height (connecting included)", "blocks/s")
+    sync_steady = y.row("joining node sync speed, first synced block to target height", "blocks/s")
     sync_total = y.row("joining node: launch to target height", "s")
     sync_ready = y.row("joining node: launch to RPC answering", "s")
-    sync_cpu = y.row("joining node CPU per block synced (start-up included)", "ms")
+    sync_first = y.row("joining node: launch to its first synced block", "s")
+    sync_cpu = y.row("joining node CPU per block synced (from RPC answering)", "ms")
     sync_serving = y.row("node 0 (serving) CPU per block served", "ms")
 
     facts_job: dict[str, list[Any]] = {k_: [] for k_ in (
         "devnet_final_root_equals_reference", "devnet_final_test_accuracy", "plain_final_test_accuracy",
         "ddp_final_test_accuracy", "devnet_accuracy_by_step", "plain_accuracy_by_step", "ddp_accuracy_by_step",
-        "units_trained_per_node", "verdicts_signed_per_node", "units_rejected", "ddp_spawn_and_init_seconds",
+        "units_trained_per_node", "verdicts_signed_per_node", "replays_per_node", "units_rejected",
+        "devnet_blocks_later_round_and_split", "ddp_spawn_and_init_seconds",
         "devnet_start_seconds", "share_of_node0_cpu_spent_answering_our_polls", "check_unit_wall_seconds",
         "step_outcome_cpu_seconds_no_eval_eval")}
     facts_sync: dict[str, list[Any]] = {k_: [] for k_ in (
-        "target_height", "build_seconds", "digits_mlp_steps_in_chain", "height_at_rpc_ready",
+        "target_height", "build_seconds", "digits_mlp_steps_in_chain", "height_at_rpc_ready", "height_at_first_sighting",
         "block_hash_at_target_matches")}
-    facts_cons: dict[str, list[Any]] = {"heights_4": [], "heights_7": [], "windows_ms_4": [], "windows_ms_7": []}
+    facts_cons: dict[str, list[Any]] = {k_: [] for k_ in (
+        "heights_4", "heights_7", "later_round_heights_4", "later_round_heights_7", "stalled_heights_4",
+        "stalled_heights_7")}
 
     with recorded_load(s.loads, "reference run (once)"):
         r0 = time.perf_counter()
@@ -815,16 +944,22 @@ def run(settings: Settings) -> list[BenchResult]:
         unit_cpu.add(costs.train())
         unit_wall.add(statistics.median(costs.train_wall))
         blocks_step.add(net.blocks / spec.steps)
+        later_round.add(100.0 * net.later_round_blocks / max(net.blocks, 1))
+        later_time.add(100.0 * net.later_round_time_share)
+        md = net.metrics_delta
+        if md.get("tdml_commit_seconds_count"):
+            commit_ms.add(md["tdml_commit_seconds_sum"] / md["tdml_commit_seconds_count"] * 1e3)
 
         train = costs.train()
         check = costs.check()
         outcome = costs.outcome_mean(spec)
         for i, nf in enumerate(net.nodes):
+            replays = nf.verdicts_signed if nf.units_checked is None else nf.units_checked
             node_rows[i].add(nf.cpu_seconds, nf.units_trained * train)
-            model_rows[i].add(nf.cpu_seconds, nf.units_trained * train + nf.verdicts_signed * check + spec.steps * outcome)
+            model_rows[i].add(nf.cpu_seconds, nf.units_trained * train + replays * check + spec.steps * outcome)
         cluster = sum(nf.cpu_seconds for nf in net.nodes)
         units = sum(nf.units_trained for nf in net.nodes)
-        verdicts = sum(nf.verdicts_signed for nf in net.nodes)
+        verdicts = sum(nf.verdicts_signed if nf.units_checked is None else nf.units_checked for nf in net.nodes)
         cluster_row.add(cluster, units * train)
         cluster_vs_plain.add(cluster, plain.cpu_seconds)
         cluster_vs_ddp.add(cluster, ddp.cpu_seconds_all_ranks)
@@ -850,6 +985,10 @@ def run(settings: Settings) -> list[BenchResult]:
         facts_job["units_trained_per_node"].append("/".join(str(nf.units_trained) for nf in net.nodes))
         facts_job["verdicts_signed_per_node"].append("/".join(str(nf.verdicts_signed) for nf in net.nodes))
         facts_job["units_rejected"].append(net.units_rejected)
+        facts_job["replays_per_node"].append("/".join(str(nf.units_checked) for nf in net.nodes))
+        facts_job["devnet_blocks_later_round_and_split"].append(
+            f"{net.blocks} blocks, {net.later_round_blocks} in round > 0, "
+            f"{net.unit_blocks_without_outcome} with units but no step outcome")
         facts_job["ddp_spawn_and_init_seconds"].append(ddp.start_seconds)
         facts_job["devnet_start_seconds"].append(net.ready_seconds)
         facts_job["share_of_node0_cpu_spent_answering_our_polls"].append(
@@ -859,33 +998,45 @@ def run(settings: Settings) -> list[BenchResult]:
             f"{costs.outcome_cpu:.3f} / {costs.outcome_eval_cpu:.3f}")
 
         with recorded_load(s.loads, "consensus, 4 validators" + tag):
-            c4 = run_consensus(4, seconds=cons_seconds, windows=cons_windows)
+            c4 = run_consensus(4, seconds=cons_seconds)
         with recorded_load(s.loads, "consensus, 7 validators" + tag):
-            c7 = run_consensus(7, seconds=cons_seconds, windows=cons_windows)
-        m4, m7 = _median(c4.ms_per_height), _median(c7.ms_per_height)
-        cons4.add(m4)
-        cons7.add(m7, m4)
+            c7 = run_consensus(7, seconds=cons_seconds)
+        med4, med7 = _median(c4.intervals_ms), _median(c7.intervals_ms)
+        cons4.add(med4)
+        cons7.add(med7, med4)
+        mean4.add(c4.mean_ms)
+        mean7.add(c7.mean_ms, c4.mean_ms)
+        p90_4.add(_quantile(c4.intervals_ms, 0.9))
+        p90_7.add(_quantile(c7.intervals_ms, 0.9))
+        stall4.add(100.0 * c4.stalls()[1])
+        stall7.add(100.0 * c7.stalls()[1])
         per4 = c4.cluster_cpu_seconds * 1e3 / max(c4.heights, 1)
         per7 = c7.cluster_cpu_seconds * 1e3 / max(c7.heights, 1)
         cpu4.add(per4)
         cpu7.add(per7, per4)
         facts_cons["heights_4"].append(f"{c4.heights} in {c4.seconds:.1f}s")
         facts_cons["heights_7"].append(f"{c7.heights} in {c7.seconds:.1f}s")
-        facts_cons["windows_ms_4"].append(" ".join(f"{x:.0f}" for x in c4.ms_per_height))
-        facts_cons["windows_ms_7"].append(" ".join(f"{x:.0f}" for x in c7.ms_per_height))
+        for n_, c_ in (("4", c4), ("7", c7)):
+            count_, _ = c_.stalls()
+            facts_cons[f"later_round_heights_{n_}"].append(c_.later_round_heights)
+            facts_cons[f"stalled_heights_{n_}"].append(
+                f"{count_}" + (f" (longest {max(c_.intervals_ms):.0f} ms)" if c_.intervals_ms else ""))
 
         with recorded_load(s.loads, "sync" + tag):
             sy = run_sync(blocks=sync_blocks, job_steps=sync_job_steps, timeout=settings.pick(600, 240))
         synced_blocks = max(sy.target_height - sy.height_at_ready, 1)
         sync_bps.add(sy.blocks_per_second)
+        sync_steady.add(sy.steady_blocks_per_second)
         sync_total.add(sy.synced_seconds)
         sync_ready.add(sy.ready_seconds)
-        sync_cpu.add(sy.node_cpu_seconds * 1e3 / max(sy.target_height, 1))
+        sync_first.add(sy.first_block_seconds)
+        sync_cpu.add(sy.node_cpu_seconds * 1e3 / synced_blocks)
         sync_serving.add(sy.serving_cpu_seconds * 1e3 / synced_blocks)
         facts_sync["target_height"].append(sy.target_height)
         facts_sync["build_seconds"].append(sy.build_seconds)
         facts_sync["digits_mlp_steps_in_chain"].append(sy.job_steps_done)
         facts_sync["height_at_rpc_ready"].append(sy.height_at_ready)
+        facts_sync["height_at_first_sighting"].append(sy.height_at_first)
         facts_sync["block_hash_at_target_matches"].append(sy.same_hash)
 
     for section in s.all():
@@ -901,7 +1052,8 @@ def run(settings: Settings) -> list[BenchResult]:
     }
     s.job.facts = job_facts
     s.cpu.facts = {"units_trained_per_node": facts_job["units_trained_per_node"],
-                   "verdicts_signed_per_node": facts_job["verdicts_signed_per_node"]}
+                   "verdicts_signed_per_node": facts_job["verdicts_signed_per_node"],
+                   "replays_per_node": facts_job["replays_per_node"]}
     s.verification.facts = {"checkers_per_unit": n_checkers, "inner_steps": spec.inner_steps,
                             "checked_steps": spec.verification.checked_steps}
     s.consensus.facts = {"block_interval_ms": 0, **facts_cons}
@@ -921,7 +1073,7 @@ def run(settings: Settings) -> list[BenchResult]:
         "evaluation: every node evaluates in `step_outcome`.",
         f"Devnet: a fresh 4-node devnet per repeat; the job is submitted once the nodes are idle; the clock runs "
         f"from submission to the first sighting of the last step's outcome over RPC (`tdml_getJobHistory` polled "
-        f"every {POLL_SECONDS * 1e3:.0f} ms on node 0); time to target is the first sighting of an evaluation at or "
+        f"every {JOB_POLL_SECONDS * 1e3:.0f} ms on node 0); time to target is the first sighting of an evaluation at or "
         "above the target.",
         "The machine has 2 cores shared with other work (see the load averages): the 4 node processes (and the 4 "
         "DDP ranks) share those 2 cores; the plain loop uses one.",
@@ -931,7 +1083,7 @@ def run(settings: Settings) -> list[BenchResult]:
         "seen; its units are `unitsVerified` of `tdml_getTrainer`; the training CPU of a unit is the median "
         "`train_unit` CPU time measured in this process in the same repeat (`time.process_time`).",
         "Modelled: what the node had to compute, priced at the in-process costs — its units, its replays "
-        "(`verdictsSigned` × `check_unit`) and one `step_outcome` (aggregation, evaluation) per step, which every "
+        "(`tdml_units_checked` of its /metrics × `check_unit`) and one `step_outcome` (aggregation, evaluation) per step, which every "
         "node runs; the ratio is the share of the node's CPU these explain.",
     ]
     s.verification.notes = [
@@ -940,9 +1092,12 @@ def run(settings: Settings) -> list[BenchResult]:
     ]
     s.consensus.notes = [
         "A fresh devnet of n validators with no job and `block_interval_ms = 0` (a proposer proposes an empty "
-        f"block as soon as the height starts); node 0's height is read every {cons_seconds / cons_windows:.1f} s "
-        f"for {cons_seconds:.0f} s once the first heights are committed; ms per height is each window's length ÷ the "
-        "heights it committed, and the figure is the median window. All n processes share the machine's 2 cores.",
+        f"block as soon as the height starts), measured for {cons_seconds:.0f} s once the first heights are "
+        "committed. The median height is the median of node 0's intervals between committing consecutive heights "
+        "(the timestamps of its `committed height=` log lines): the consensus cost of an empty height when nothing "
+        "goes wrong. The mean is the span ÷ the heights committed in it, stalls included. A height decided in a "
+        "round above 0 cost at least one timeout (`timeout_propose_ms` 3000, the other timeouts at their "
+        "defaults). All n processes share the machine's 2 cores.",
     ]
     s.sync.notes = [
         f"A 4-node devnet (`block_interval_ms = 0`) commits at least {sync_blocks} blocks, among them the blocks of a "
@@ -964,6 +1119,13 @@ def _belongs(section: str, what: str) -> bool:
 
 def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
+
+
+def _quantile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def _acc_text(evals: Sequence[EvalPoint]) -> str:

@@ -36,6 +36,7 @@ from consensus import crypto
 from consensus.codec import DecodeError, decode, decode_as, encode
 from consensus.state import LedgerState, get_validator_set
 from consensus.tendermint import (
+    STEP_PROPOSE,
     Action,
     Broadcast,
     Decide,
@@ -106,6 +107,7 @@ from tdml_node.workqueue import PRIORITY_CONSENSUS, PRIORITY_TRAIN, WorkQueue
 log = logging.getLogger("tdml.node")
 
 RETRY_SECONDS = 0.5
+PROPOSE_MARGIN_MS = 750
 BLOB_WAIT_SECONDS = 1.0
 SYNC_BATCH = 64
 
@@ -398,7 +400,7 @@ class Node:
             if self.core.height != height or self.core.round != round_ or self.state.height + 1 != height:
                 return
             waited_ms = (loop.time() - started) * 1000
-            if self._ready_to_propose(waited_ms):
+            if self._ready_to_propose(waited_ms, round_):
                 break
             self.changed.clear()
             with contextlib.suppress(TimeoutError):
@@ -433,8 +435,15 @@ class Node:
         except TimeoutError:
             return False
 
-    def _ready_to_propose(self, waited_ms: float) -> bool:
+    def _ready_to_propose(self, waited_ms: float, round_: int) -> bool:
         state = self.state
+        # The other validators give up on this proposal when their propose
+        # timeout fires: propose what is ready shortly before that rather than
+        # lose the round. (Alone, a validator waits for its own work, which
+        # keeps a one-node chain's blocks independent of timing.)
+        patience = self.config.timeouts.duration(STEP_PROPOSE, round_) - PROPOSE_MARGIN_MS
+        if waited_ms >= patience and len(get_validator_set(state)) > 1:
+            return True
         if len(self.mempool) or self.workpool.pending_evidence(state):
             return True
         validators = get_validator_set(state)
