@@ -3,7 +3,9 @@
 ``python -m benchmarks.network [--quick] [--repeats N] [--out DIR]`` writes
 ``benchmarks/results/network.json`` and ``network.md`` (``--quick`` writes
 ``network-quick.json`` / ``.md``, so a smoke run never overwrites real
-figures) and prints the markdown table.
+figures) and prints the markdown table. A full run keeps the raw figures of
+the full run it replaces (``previous_run``) and adds a table of both runs'
+repeats together, so the headline figures come from two full runs.
 
 Every repeat measures, in this order and in one run, on the compute-heavy job
 ``heavy`` (``benchmarks.heavy_job``; one unit is well over 0.5 s of CPU on one
@@ -68,10 +70,11 @@ from benchmarks.common import (
     machine_info,
     now_iso,
     proc_cpu_seconds,
+    summarize,
     thread_cpu_seconds,
 )
 from benchmarks.heavy_job import QUICK_TARGET_ACCURACY, TARGET_ACCURACY, heavy_job
-from benchmarks.run_all import cell, fact_text, fmt
+from benchmarks.run_all import cell, fact_text
 from consensus.batches import compute_batch_indices
 from consensus.crypto import Keypair
 from consensus.types import JobSpec, WorkSubmission
@@ -1181,32 +1184,51 @@ def render_markdown(doc: dict[str, Any]) -> str:
             lines += ["", "Notes:", ""]
             lines += [f"- {note}" for note in section["notes"]]
     if previous:
-        lines += ["", f"## The previous full run ({previous['date']}), for comparison", "",
-                  "| section | figure | baseline | ours | ours ÷ baseline |", "|---|---|---|---|---|"]
-        for name, rows in previous["rows"].items():
-            for r in rows:
-                lines.append(f"| {name} | {r['label']} | {r.get('baseline_label') or ''} | {r['ours']} | "
-                             f"{r.get('ratio', '')} |")
+        lines += _combined_lines(doc, previous)
     return "\n".join(lines) + "\n"
 
 
 def _previous_run(path: Path) -> dict[str, Any] | None:
-    """The medians of the full run whose results are about to be replaced, to keep beside the new ones."""
+    """The raw figures of the full run whose results are about to be replaced, to combine with the new ones."""
     try:
         old = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
     if old.get("quick") or "benchmarks" not in old:
         return None
-    rows: dict[str, list[dict[str, str]]] = {}
+    rows: dict[str, list[dict[str, Any]]] = {}
     for name, section in old["benchmarks"].items():
         rows[name] = [
-            {"label": r["label"], "baseline_label": r.get("baseline_label") or "", "ours": fmt(r["ours"]["median"]),
-             **({"ratio": fmt(r["ratio_ours_over_baseline"]["median"]) + "×"}
+            {"label": r["label"], "baseline_label": r.get("baseline_label"), "ours": r["ours"]["runs"],
+             **({"baseline": r["baseline"]["runs"], "ratio": r["ratio_ours_over_baseline"]["runs"]}
                 if "ratio_ours_over_baseline" in r else {})}
             for r in section.get("rows", [])
         ]
-    return {"date": old.get("machine", {}).get("date", "?"), "rows": rows}
+    return {"date": old.get("machine", {}).get("date", "?"), "seconds": old.get("seconds"), "rows": rows}
+
+
+def _combined_lines(doc: dict[str, Any], previous: dict[str, Any]) -> list[str]:
+    """A table of every row over the repeats of this run and of the previous full run together."""
+    lines = [
+        "", f"## Both full runs together (this one and {previous['date']})", "",
+        "Median (min – max) over the repeats of both runs; ratios are still taken within each repeat.", "",
+        "| section | figure | unit | ours | baseline | baseline figure | ours ÷ baseline |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, section in doc["benchmarks"].items():
+        earlier = {(r["label"], r.get("baseline_label")): r for r in previous["rows"].get(name, [])}
+        for row in section["rows"]:
+            old = earlier.get((row["label"], row.get("baseline_label")))
+            if old is None:
+                continue
+            ours = summarize(old["ours"] + row["ours"]["runs"])
+            base = ratio = None
+            if "ratio" in old and "ratio_ours_over_baseline" in row:
+                base = summarize(old["baseline"] + row["baseline"]["runs"])
+                ratio = summarize(old["ratio"] + row["ratio_ours_over_baseline"]["runs"])
+            lines.append(f"| {name} | {row['label']} | {row['unit']} | {cell(ours)} | "
+                         f"{row.get('baseline_label') or ''} | {cell(base)} | {cell(ratio, '×')} |")
+    return lines
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -782,6 +782,10 @@ class P2PNetwork:
         height, tip = self._get_status()
         self._send(c, Status(Height(height), tip))
 
+    def announce_status(self) -> None:
+        """Tell every peer our height now (after a commit), rather than at the next status tick."""
+        self._send_status_all()
+
     def _send_status_all(self) -> None:
         height, tip = self._get_status()
         for c in list(self._peers.values()):

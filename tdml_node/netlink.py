@@ -40,6 +40,8 @@ class Network(Protocol):
 
     def best_peer_height(self) -> int: ...
 
+    def announce_status(self) -> None: ...
+
     def peer_count(self) -> int: ...
 
     def peers(self) -> list[dict[str, Any]]: ...
@@ -65,6 +67,9 @@ class NoNetwork:
 
     def best_peer_height(self) -> int:
         return 0
+
+    def announce_status(self) -> None:
+        return None
 
     def peer_count(self) -> int:
         return 0

@@ -610,6 +610,7 @@ class Node:
             if maybe is not None:
                 await maybe
         self._wal_seq = 0
+        self.network.announce_status()
         await asyncio.to_thread(self.store.wal_prune, self.state.height + 1)
         await self._apply_consensus(StartHeight(Height(self.state.height + 1), get_validator_set(self.state)))
         self.duties.schedule()
@@ -619,11 +620,20 @@ class Node:
     # ------------------------------------------------------------ syncing
 
     async def _sync_loop(self) -> None:
-        """Fetch certified blocks while peers report a higher height than ours."""
+        """Fetch certified blocks while peers report a higher height than ours.
+
+        One height behind is normal for an instant (a peer committed first);
+        it starts a sync only if it lasts past one check. While blocks come,
+        the next batch is asked for at once.
+        """
+        behind_by_one_since: int | None = None
         while True:
-            await asyncio.sleep(RETRY_SECONDS)
+            if not self.syncing_to:
+                await asyncio.sleep(RETRY_SECONDS)
             best = self.network.best_peer_height()
-            if best <= self.state.height:
+            height = self.state.height
+            if best <= height or (best == height + 1 and behind_by_one_since != height):
+                behind_by_one_since = height if best == height + 1 else None
                 self.syncing_to = 0
                 continue
             self.syncing_to = best
@@ -635,12 +645,17 @@ class Node:
                     items.append((decode_as(block_bytes, Block), decode_as(commit_bytes, CommitCertificate)))
             except DecodeError as exc:
                 log.warning("a peer sent undecodable blocks: %s", exc)
+                self.syncing_to = 0
                 continue
-            if items:
+            if not items:
+                self.syncing_to = 0
+            else:
                 done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
                 self.inbox.put_nowait(SyncedBlocks(tuple(items)))
                 self.inbox.put_nowait(SyncDone(done))
                 await done
+                if self.state.height < start:  # nothing applied: back off before asking again
+                    self.syncing_to = 0
 
     async def _apply_synced(self, item: SyncedBlocks) -> None:
         """Apply certified blocks: the commit proves them, so the model work is not recomputed."""

@@ -103,8 +103,13 @@ def test_a_late_node_joins_syncs_registers_and_receives_work(tmp_path: Path) -> 
             120,
             "the late node's first accepted unit",
         )
-        assert late_client.call("tdml_syncing") is False
-        assert late_client.call("tdml_getTrainer", late_address)["unitsVerified"] > 0
+        # The late node commits that block a moment after node 0 does; its own view must catch up too.
+        _wait(
+            lambda: late_client.call("tdml_syncing") is False
+            and late_client.call("tdml_getTrainer", late_address)["unitsVerified"] > 0,
+            60,
+            "the late node to see its own accepted unit",
+        )
 
 
 def test_a_stopped_node_catches_up_and_a_killed_validator_never_double_signs(tmp_path: Path) -> None:
