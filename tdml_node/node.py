@@ -36,6 +36,8 @@ from consensus import crypto
 from consensus.codec import DecodeError, decode, decode_as, encode
 from consensus.state import LedgerState, get_validator_set
 from consensus.tendermint import (
+    STEP_NAMES,
+    STEP_PRECOMMIT,
     STEP_PROPOSE,
     Action,
     Broadcast,
@@ -99,6 +101,7 @@ from tdml_node.metrics import NodeMetrics
 from tdml_node.netlink import SEVERITY_FATAL, SEVERITY_MINOR, BlobFetcher, Network, NoNetwork
 from tdml_node.pools import Evidence, Mempool, TxRejected, WorkPool
 from tdml_node.privval import DoubleSignRefused, PrivValidator
+from tdml_node.proposal_hold import ProposalHold
 from tdml_node.retention import Retention
 from tdml_node.storage import ChainStore, StorageError
 from tdml_node.work.executor import TorchExecutor
@@ -185,6 +188,7 @@ class Node:
         self._tasks: set[asyncio.Future[Any]] = set()
         self._timers: list[asyncio.TimerHandle] = []
         self._validated: dict[bytes, BlockResult] = {}
+        self.proposal_hold = ProposalHold()
         self._wal_seq = 0
         self._block_listeners: list[Callable[[CommittedBlock], Awaitable[None] | None]] = []
         self.fatal: BaseException | None = None
@@ -311,8 +315,26 @@ class Node:
             elif isinstance(item, SyncDone):
                 if not item.future.done():
                     item.future.set_result(None)
+            elif isinstance(item, TimeoutElapsed) and self._hold_timeout(item):
+                continue
             else:
                 await self._apply_consensus(item)
+
+    def _hold_timeout(self, event: TimeoutElapsed) -> bool:
+        """Hold a propose timeout back while this node checks the round's proposal (see ``proposal_hold``)."""
+        key = (event.height, event.round)
+        first = not self.proposal_hold.is_held(*key)
+        if not self.proposal_hold.hold(event):
+            return False
+        if first:
+            delay = self.config.timeouts.duration(STEP_PROPOSE, event.round) / 1000
+            self._timers.append(asyncio.get_running_loop().call_later(delay, self._release_timeout, key))
+        return True
+
+    def _release_timeout(self, key: tuple[int, int]) -> None:
+        event = self.proposal_hold.release(key)
+        if event is not None:
+            self.inbox.put_nowait(event)
 
     async def _from_peer(self, item: FromPeer) -> None:
         actions = self.core.apply(item.event)
@@ -337,6 +359,13 @@ class Node:
         self._wal_seq += 1
 
     async def _apply_consensus(self, event: ConsensusEvent) -> None:
+        if (
+            isinstance(event, TimeoutElapsed)
+            and (event.height, event.round) == (self.core.height, self.core.round)
+            and event.step in (self.core.step, STEP_PRECOMMIT)
+        ):
+            # A timeout that moves consensus on means a slow proposer, slow validation or lost votes.
+            log.info("timed out height=%d round=%d step=%s", event.height, event.round, STEP_NAMES[event.step])
         for action in self.core.apply(event):
             await self._perform(action)
 
@@ -351,7 +380,9 @@ class Node:
         elif isinstance(action, RequestValue):
             self.spawn(self._build_value(action.height, action.round), f"propose-{action.height}-{action.round}")
         elif isinstance(action, RequestValidation):
-            self.spawn(self._validate(action.height, action.block), f"validate-{action.height}-{action.round}")
+            self.spawn(
+                self._validate(action.height, action.round, action.block), f"validate-{action.height}-{action.round}"
+            )
         elif isinstance(action, Decide):
             await self._commit(action.block, action.commit)
         elif isinstance(action, EvidenceFound):
@@ -441,7 +472,10 @@ class Node:
         # timeout fires: propose what is ready shortly before that rather than
         # lose the round. (Alone, a validator waits for its own work, which
         # keeps a one-node chain's blocks independent of timing.)
-        patience = self.config.timeouts.duration(STEP_PROPOSE, round_) - PROPOSE_MARGIN_MS
+        # Building waits for the call the worker is running, so start early
+        # enough that the longest recent call still leaves the proposal time.
+        busy_ms = self.worker.longest_recent_seconds() * 1000
+        patience = self.config.timeouts.duration(STEP_PROPOSE, round_) - PROPOSE_MARGIN_MS - busy_ms
         if waited_ms >= patience and len(get_validator_set(state)) > 1:
             return True
         if len(self.mempool) or self.workpool.pending_evidence(state):
@@ -508,7 +542,16 @@ class Node:
 
     # ----------------------------------------------------------- validating
 
-    async def _validate(self, height: Height, block: Block) -> None:
+    async def _validate(self, height: Height, round_: Round, block: Block) -> None:
+        self.proposal_hold.check_started(height, round_)
+        try:
+            await self._check_proposal(height, block)
+        finally:
+            held = self.proposal_hold.check_ended(height, round_)
+            if held is not None:
+                self.inbox.put_nowait(held)
+
+    async def _check_proposal(self, height: Height, block: Block) -> None:
         block_hash = compute_block_hash(block.header)
         if self.byzantine.approves_everything():
             self.byzantine.note_fault(height)
@@ -587,6 +630,7 @@ class Node:
         self.metrics.observe_commit(time.perf_counter() - started, block, result.completed)
         self.state = result.state
         self._validated.clear()
+        self.proposal_hold.prune(self.state.height)
         self.mempool.prune(self.state)
         self.workpool.prune(self.state)
         self.duties.prune()

@@ -12,6 +12,7 @@ This module must never know what the work means.
 from __future__ import annotations
 
 import asyncio
+import collections
 import heapq
 import itertools
 import threading
@@ -25,6 +26,8 @@ PRIORITY_CONSENSUS = 0
 PRIORITY_CHECK = 1
 PRIORITY_TRAIN = 2
 
+RECENT_JOBS = 16
+
 
 class WorkQueue:
     def __init__(self, name: str = "tdml-work") -> None:
@@ -33,6 +36,7 @@ class WorkQueue:
         self._cond = threading.Condition()
         self._closed = False
         self.busy_seconds = 0.0
+        self._recent_seconds: collections.deque[float] = collections.deque(maxlen=RECENT_JOBS)
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -60,6 +64,11 @@ class WorkQueue:
         with self._cond:
             return len(self._heap)
 
+    def longest_recent_seconds(self) -> float:
+        """The longest of the last few calls: how long urgent work may wait behind a call already running."""
+        with self._cond:
+            return max(self._recent_seconds, default=0.0)
+
     def close(self, timeout: float = 30.0) -> None:
         with self._cond:
             self._closed = True
@@ -77,7 +86,10 @@ class WorkQueue:
                 _, _, job = heapq.heappop(self._heap)
             started = time.perf_counter()
             job()
-            self.busy_seconds += time.perf_counter() - started
+            took = time.perf_counter() - started
+            with self._cond:
+                self.busy_seconds += took
+                self._recent_seconds.append(took)
 
 
 def _set_result(future: asyncio.Future[Any], value: Any) -> None:
