@@ -333,6 +333,10 @@ class P2PNetwork:
     def peer_ids(self) -> list[PeerId]:
         return [PublicKey(k) for k in self._peers]
 
+    def connected_keys(self) -> frozenset[bytes]:
+        """The node keys of the peers connected now."""
+        return frozenset(self._peers)
+
     def peers(self) -> list[dict[str, Any]]:
         now = self._now()
         return [

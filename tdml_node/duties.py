@@ -7,7 +7,9 @@
   replayed at the steps its own sample signature picks, and the verdict is
   signed and gossiped; a stand-in checker (ranked after the designated ones)
   steps in once a unit has waited ``standin_after`` seconds without enough
-  passing verdicts.
+  passing verdicts, or at once when a designated checker is not connected
+  to it (a stopped node would otherwise cost every step it is drawn for the
+  whole wait).
 - Judging: another validator's failing verdict is re-checked; either way it
   becomes evidence (fraud, or a false accusation) for the next proposer.
 - Prefetching: a validator fetches each unit's result blob as soon as the
@@ -73,6 +75,7 @@ class Duties:
         self.training: set[tuple[Hash32, int, int]] = set()
         self.checking: set[bytes] = set()
         self.first_seen: dict[bytes, float] = {}
+        self.started_at: float | None = None
         self.frauds: dict[bytes, tuple[SignedWorkSubmission, JobState]] = {}
 
     # ---------------------------------------------------------- running work
@@ -185,8 +188,7 @@ class Duties:
         validators = get_validator_set(node.state)
         if node.keypair.public_key in validators:
             self.spawn(self._prefetch(signed.submission, job, validators), "prefetch")
-            if self.is_designated(job, signed.submission, validators):
-                self.spawn(self._check(signed, job), f"check-{job.step}-{signed.submission.shard}")
+            self._schedule_checks()  # a designated checker, or a stand-in for an absent one
 
     def _is_early(self, sub: WorkSubmission) -> bool:
         """A unit of a job or step this node has not reached yet (its block is still on the way)."""
@@ -217,17 +219,31 @@ class Duties:
         if me not in validators:
             return
         now = asyncio.get_running_loop().time()
+        if self.started_at is None:
+            self.started_at = now
         for sid, entry in list(node.workpool.units.items()):
             sub = entry.signed.submission
             job = node.state.jobs.get(sub.job)
             if job is None or me in entry.verdicts or sid in self.checking:
                 continue
-            late = now - self.first_seen.get(sid, now) >= self.standin_after
+            waited = now - self.first_seen.get(sid, now)
             if self.is_designated(job, sub, validators) or (
-                late and self._short_of_verdicts(job, entry.signed, validators)
-                and self.is_designated(job, sub, validators, standin=True)
+                self.is_designated(job, sub, validators, standin=True)
+                and self._short_of_verdicts(job, entry.signed, validators)
+                and standin_due(
+                    waited,
+                    now - self.started_at,
+                    self.standin_after,
+                    self._designated(job, sub, validators),
+                    node.network.connected_keys() | {me},
+                )
             ):
                 self.spawn(self._check(entry.signed, job), f"check-{job.step}-{sub.shard}")
+
+    @staticmethod
+    def _designated(job: JobState, sub: WorkSubmission, validators: ValidatorSet) -> tuple[bytes, ...]:
+        need = required_checkers(job.spec, validators, sub.trainer)
+        return tuple(compute_checkers(job, sub.shard, sub.trainer, validators)[:need])
 
     def _short_of_verdicts(self, job: JobState, signed: SignedWorkSubmission, validators: ValidatorSet) -> bool:
         entry = self.node.workpool.get(submission_id(signed.submission))
@@ -359,3 +375,18 @@ class Duties:
             current = self.node.state.jobs.get(job.job_id)
             if current is None or current.step != job.step:
                 del self.frauds[sid]
+
+
+def standin_due(
+    waited: float, uptime: float, standin_after: float, designated: tuple[bytes, ...], reachable: frozenset[bytes]
+) -> bool:
+    """Whether a stand-in checker should check a unit still short of passing verdicts.
+
+    It waits ``standin_after`` seconds for the designated checkers, unless one
+    of them is not reachable (not connected, and not this node): then it
+    checks at once, provided this node has run ``standin_after`` seconds
+    itself, time enough to have connected to the peers that are up.
+    """
+    if waited >= standin_after:
+        return True
+    return uptime >= standin_after and any(k not in reachable for k in designated)

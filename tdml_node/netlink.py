@@ -44,6 +44,8 @@ class Network(Protocol):
 
     def peer_count(self) -> int: ...
 
+    def connected_keys(self) -> frozenset[bytes]: ...
+
     def peers(self) -> list[dict[str, Any]]: ...
 
 
@@ -73,6 +75,9 @@ class NoNetwork:
 
     def peer_count(self) -> int:
         return 0
+
+    def connected_keys(self) -> frozenset[bytes]:
+        return frozenset()
 
     def peers(self) -> list[dict[str, Any]]:
         return []
