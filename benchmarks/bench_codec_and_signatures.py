@@ -31,7 +31,7 @@ from typing import Any
 import msgpack
 from nacl.signing import VerifyKey
 
-from benchmarks.common import BenchResult, Row, Settings, job_state, rate
+from benchmarks.common import BenchResult, Row, Settings, executor_for, job_state, rate
 from consensus import crypto
 from consensus.codec import decode_as, encode
 from consensus.transition import compute_body_hash
@@ -54,9 +54,7 @@ from consensus.types import (
     WorkSubmission,
 )
 from consensus.work import sign_submission, submission_id
-from tdml_node.blobs import MemoryBlobStore
 from tdml_node.client import make_submit_job, make_transfer
-from tdml_node.work.executor import TorchExecutor
 from tdml_node.work.jobs import get_job
 from tdml_node.work.profile import local_profile
 from tdml_node.work.tensors import decode_bundle
@@ -81,15 +79,13 @@ def _h(tag: bytes) -> Hash32:
 def w_model_state() -> bytes:
     """The bundle of W's model state after one step: parameters and SGD momentum buffers."""
     spec, dataset = get_job("digits-mlp", steps=1)
-    blobs = MemoryBlobStore()
-    blobs.put(dataset)
-    executor = TorchExecutor(blobs)
+    executor = executor_for(dataset)
     keypair = crypto.Keypair.from_seed(bytes(32))
     root = executor.initial_model_root(spec)
     job = job_state(spec, root, 0, keypair.address)
     results = tuple(executor.train_unit(job, k).result_digest for k in range(spec.shards))
     new_root = executor.step_outcome(job, results)[0]
-    data = blobs.get(new_root)
+    data = executor.blobs.get(new_root)
     if data is None:
         raise RuntimeError("the executor did not store the new model state")
     return data

@@ -23,12 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import BenchResult, Settings, job_state
+from benchmarks.common import BenchResult, Settings, executor_for, job_state
 from consensus.crypto import Keypair
 from consensus.types import Hash32, JobSpec, JobState, WorkSubmission
 from consensus.work import TrainedUnit, check_unit, sample_for
-from tdml_node.blobs import MemoryBlobStore
-from tdml_node.work.executor import TorchExecutor
 from tdml_node.work.jobs import get_job
 
 NAME = "replay_cost"
@@ -74,10 +72,7 @@ def measure_job(spec: JobSpec, dataset: bytes, units: int) -> tuple[float, float
     replayed (inner steps round-robin), then each is checked as a designated
     checker would. An untimed pass over the same units comes first.
     """
-    blobs = MemoryBlobStore()
-    blobs.put(dataset)
-    executor = TorchExecutor(blobs)
-    executor.warm_up()
+    executor = executor_for(dataset, warm=True)
     trainer = Keypair.from_seed(bytes(range(32)))
     checker = Keypair.from_seed(bytes(range(1, 33)))
     root: Hash32 = executor.initial_model_root(spec)

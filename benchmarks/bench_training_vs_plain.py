@@ -41,13 +41,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.common import BenchResult, Settings, job_state, proc_cpu_seconds, thread_cpu_seconds
+from benchmarks.common import (
+    BenchResult,
+    Settings,
+    executor_for,
+    job_state,
+    proc_cpu_seconds,
+    thread_cpu_seconds,
+)
 from consensus.crypto import Keypair
 from consensus.types import JobSpec, WorkSubmission
 from consensus.work import check_unit, sample_for
-from tdml_node.blobs import MemoryBlobStore
 from tdml_node.devnet import Devnet, DevnetError, running_devnet, submit_job
-from tdml_node.work.executor import TorchExecutor
 from tdml_node.work.jobs import get_job
 from tdml_node.work.reference import run_reference
 
@@ -263,10 +268,7 @@ class ExecutorRun:
 
 def run_executor(spec: JobSpec, dataset: bytes) -> ExecutorRun:
     """Every unit trained, checked and aggregated by one executor, as the one node does them."""
-    blobs = MemoryBlobStore()
-    blobs.put(dataset)
-    executor = TorchExecutor(blobs)
-    executor.warm_up()  # the node pays torch's lazy imports at start-up, before any job
+    executor = executor_for(dataset, warm=True)  # the node pays torch's lazy imports at start-up, before any job
     keypair = Keypair.from_seed(bytes(range(32)))
     root = executor.initial_model_root(spec)
     train = replay = aggregate = wall = 0.0

@@ -4,8 +4,8 @@ A figure is a list of values, one per repeat; a row puts the project's figure
 beside its baseline's, measured in the same repeat, so the ratio of the two is
 taken per repeat before its median is reported (pairs measured together share
 the machine's noise). Also here: process CPU time read from ``/proc``, the
-machine description the results carry, and a ``JobState`` builder for driving
-the executor without a chain.
+machine description the results carry, and an executor and a ``JobState``
+builder for driving the executor without a chain.
 
 This module must never assert on a timing, print, or write files: it only
 measures and describes.
@@ -31,6 +31,8 @@ from consensus.types import (
     JobState,
 )
 from consensus.work import make_job_view
+from tdml_node.blobs import MemoryBlobStore
+from tdml_node.work.executor import TorchExecutor
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +251,16 @@ def machine_info() -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------
 # Driving the executor without a chain
+
+
+def executor_for(dataset: bytes, *, warm: bool = False) -> TorchExecutor:
+    """An executor whose blob store holds ``dataset``; ``warm`` pays torch's lazy imports first, as a node does."""
+    blobs = MemoryBlobStore()
+    blobs.put(dataset)
+    executor = TorchExecutor(blobs)
+    if warm:
+        executor.warm_up()
+    return executor
 
 
 def job_state(spec: JobSpec, root: Hash32, step: int, trainer: Address) -> JobState:

@@ -19,13 +19,11 @@ import dataclasses
 import json
 from pathlib import Path
 
-from benchmarks.common import job_state, machine_info, now_iso
+from benchmarks.common import executor_for, job_state, machine_info, now_iso
 from consensus.crypto import Keypair
 from consensus.types import WorkSubmission
 from consensus.work import check_unit, sample_for
-from tdml_node.blobs import MemoryBlobStore
 from tdml_node.byzantine import Honest
-from tdml_node.work.executor import TorchExecutor
 from tdml_node.work.jobs import get_job
 
 RESULTS = Path(__file__).parent / "results"
@@ -34,9 +32,7 @@ RESULTS = Path(__file__).parent / "results"
 def measure(units: int, checked: int, checkers: int) -> dict[str, float]:
     spec, dataset = get_job("digits-mlp-local", steps=units)
     spec = dataclasses.replace(spec, verification=dataclasses.replace(spec.verification, checked_steps=checked))
-    blobs = MemoryBlobStore()
-    blobs.put(dataset)
-    executor = TorchExecutor(blobs)
+    executor = executor_for(dataset)
     root = executor.initial_model_root(spec)
     cheat = Honest("skip-steps")
     trainer = Keypair.from_seed(bytes(32))

@@ -66,6 +66,7 @@ from torch.nn.parallel import DistributedDataParallel
 from benchmarks.common import (
     BenchResult,
     Settings,
+    executor_for,
     job_state,
     machine_info,
     now_iso,
@@ -74,17 +75,15 @@ from benchmarks.common import (
     thread_cpu_seconds,
 )
 from benchmarks.heavy_job import QUICK_TARGET_ACCURACY, TARGET_ACCURACY, heavy_job
-from benchmarks.run_all import cell, fact_text
+from benchmarks.run_all import cell, section_lines
 from consensus.batches import compute_batch_indices
 from consensus.crypto import Keypair
 from consensus.types import JobSpec, WorkSubmission
 from consensus.work import check_unit, sample_for
-from tdml_node.blobs import MemoryBlobStore
 from tdml_node.client import NodeClient
 from tdml_node.devnet import Devnet, DevnetError, DevnetNode, free_port, running_devnet, submit_job
 from tdml_node.keys import read_key_file
 from tdml_node.work.datasets import Dataset
-from tdml_node.work.executor import TorchExecutor
 from tdml_node.work.jobs import get_job
 from tdml_node.work.models import build_model
 from tdml_node.work.reference import run_reference
@@ -514,10 +513,7 @@ class UnitCosts:
 def measure_units(spec: JobSpec, dataset: bytes) -> UnitCosts:
     """Step 0 warms up (untimed but for its aggregation), step 1 is timed: K units, K checks, one aggregation."""
     threads = torch.get_num_threads()
-    blobs = MemoryBlobStore()
-    blobs.put(dataset)
-    executor = TorchExecutor(blobs)
-    executor.warm_up()
+    executor = executor_for(dataset, warm=True)
     trainer = Keypair.from_seed(bytes(range(32)))
     checker = Keypair.from_seed(bytes(range(1, 33)))
     root = executor.initial_model_root(spec)
@@ -1164,25 +1160,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
     ]
     previous = doc.get("previous_run")
     for name, section in doc["benchmarks"].items():
-        lines += ["", f"## {name} — {section['title']}", ""]
-        lines += [
-            f"{section['repeats']} repeat(s), measured {section['measured_at']}.",
-            "",
-            "| figure | unit | ours | baseline | baseline figure | ours ÷ baseline |",
-            "|---|---|---|---|---|---|",
-        ]
-        for row in section["rows"]:
-            label = row["label"] + (f" ({row['note']})" if row.get("note") else "")
-            lines.append(
-                f"| {label} | {row['unit']} | {cell(row['ours'])} | {row.get('baseline_label') or ''} | "
-                f"{cell(row.get('baseline'))} | {cell(row.get('ratio_ours_over_baseline'), '×')} |"
-            )
-        if section["facts"]:
-            lines += ["", "Facts:", ""]
-            lines += [f"- {key.replace('_', ' ')}: {fact_text(value)}" for key, value in section["facts"].items()]
-        if section["notes"]:
-            lines += ["", "Notes:", ""]
-            lines += [f"- {note}" for note in section["notes"]]
+        lines += section_lines(name, section)
     if previous:
         lines += _combined_lines(doc, previous)
     return "\n".join(lines) + "\n"

@@ -113,6 +113,37 @@ def fact_text(value: Any) -> str:
     return str(value)
 
 
+def section_lines(name: str, section: dict[str, Any]) -> list[str]:
+    """One benchmark section in markdown: its table, then its facts and notes."""
+    lines = ["", f"## {name}" + (f" — {section['title']}" if "title" in section else ""), ""]
+    if "error" in section:
+        return [*lines, f"FAILED: `{section['error']}` (measured {section['measured_at']})", ""]
+    lines += [
+        f"{section['repeats']} repeat(s), "
+        + (f"{section['seconds']:.0f} s, " if section.get("seconds") else "")
+        + f"measured {section['measured_at']}.",
+        "",
+        "| figure | unit | ours | baseline | baseline figure | ours ÷ baseline |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in section["rows"]:
+        mb = row.get("mb_per_s", {})
+        ours = cell(row["ours"]) + (f"; {cell(mb['ours'], ' MB/s')}" if "ours" in mb else "")
+        base = cell(row.get("baseline")) + (f"; {cell(mb['baseline'], ' MB/s')}" if "baseline" in mb else "")
+        label = row["label"] + (f" ({row['note']})" if row.get("note") else "")
+        lines.append(
+            f"| {label} | {row['unit']} | {ours} | {row.get('baseline_label') or ''} | {base} | "
+            f"{cell(row.get('ratio_ours_over_baseline'), '×')} |"
+        )
+    if section["facts"]:
+        lines += ["", "Facts:", ""]
+        lines += [f"- {key.replace('_', ' ')}: {fact_text(value)}" for key, value in section["facts"].items()]
+    if section["notes"]:
+        lines += ["", "Notes:", ""]
+        lines += [f"- {note}" for note in section["notes"]]
+    return lines
+
+
 def render_markdown(doc: dict[str, Any]) -> str:
     m = doc["machine"]
     lines = [
@@ -129,31 +160,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
         "The machine is shared and noisy: compare ratios rather than absolute figures.",
     ]
     for name, section in doc["benchmarks"].items():
-        lines += ["", f"## {name}" + (f" — {section['title']}" if "title" in section else ""), ""]
-        if "error" in section:
-            lines += [f"FAILED: `{section['error']}` (measured {section['measured_at']})", ""]
-            continue
-        lines += [
-            f"{section['repeats']} repeat(s), {section['seconds']:.0f} s, measured {section['measured_at']}.",
-            "",
-            "| figure | unit | ours | baseline | baseline figure | ours ÷ baseline |",
-            "|---|---|---|---|---|---|",
-        ]
-        for row in section["rows"]:
-            mb = row.get("mb_per_s", {})
-            ours = cell(row["ours"]) + (f"; {cell(mb['ours'], ' MB/s')}" if "ours" in mb else "")
-            base = cell(row.get("baseline")) + (f"; {cell(mb['baseline'], ' MB/s')}" if "baseline" in mb else "")
-            label = row["label"] + (f" ({row['note']})" if row.get("note") else "")
-            lines.append(
-                f"| {label} | {row['unit']} | {ours} | {row.get('baseline_label') or ''} | {base} | "
-                f"{cell(row.get('ratio_ours_over_baseline'), '×')} |"
-            )
-        if section["facts"]:
-            lines += ["", "Facts:", ""]
-            lines += [f"- {key.replace('_', ' ')}: {fact_text(value)}" for key, value in section["facts"].items()]
-        if section["notes"]:
-            lines += ["", "Notes:", ""]
-            lines += [f"- {note}" for note in section["notes"]]
+        lines += section_lines(name, section)
     return "\n".join(lines) + "\n"
 
 

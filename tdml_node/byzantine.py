@@ -106,22 +106,12 @@ class Honest:
         previous = self._own_units.get(key)
         self._own_units[key] = sub
         if self.name == "replay-old" and previous is not None and previous.step < sub.step:
-            return dataclasses.replace(
-                sub,
-                checkpoint_digests=previous.checkpoint_digests,
-                result_digest=previous.result_digest,
-                losses=previous.losses,
-            ), True
+            return _claiming(sub, previous), True
         if self.name == "copy":
             for entry in node.workpool.units.values():
                 other = entry.signed.submission
                 if other.job == sub.job and other.step == sub.step and other.trainer != sub.trainer:
-                    return dataclasses.replace(
-                        sub,
-                        checkpoint_digests=other.checkpoint_digests,
-                        result_digest=other.result_digest,
-                        losses=other.losses,
-                    ), True
+                    return _claiming(sub, other), True
         if self.name == "withhold":
             self._withheld.update((sub.result_digest, *sub.checkpoint_digests))
             return sub, True
@@ -242,3 +232,9 @@ def make_behaviour(names: tuple[str, ...], *, dev: bool) -> Honest:
         raise ValueError(f"unknown Byzantine behaviour {wanted[0]!r}; known: {', '.join(ALL_BEHAVIOURS[1:])}")
     return Honest(wanted[0])
 
+
+def _claiming(sub: WorkSubmission, work: WorkSubmission) -> WorkSubmission:
+    """``sub`` with the digests and losses of ``work``: a claim to have done that work."""
+    return dataclasses.replace(
+        sub, checkpoint_digests=work.checkpoint_digests, result_digest=work.result_digest, losses=work.losses
+    )

@@ -221,36 +221,24 @@ class Duties:
         now = asyncio.get_running_loop().time()
         if self.started_at is None:
             self.started_at = now
+        reachable = node.network.connected_keys() | {me}
         for sid, entry in list(node.workpool.units.items()):
             sub = entry.signed.submission
             job = node.state.jobs.get(sub.job)
             if job is None or me in entry.verdicts or sid in self.checking:
                 continue
-            waited = now - self.first_seen.get(sid, now)
-            if self.is_designated(job, sub, validators) or (
-                self.is_designated(job, sub, validators, standin=True)
-                and self._short_of_verdicts(job, entry.signed, validators)
+            need = required_checkers(job.spec, validators, sub.trainer)
+            ranked = compute_checkers(job, sub.shard, sub.trainer, validators)
+            designated = tuple(ranked[:need])
+            passing = sum(1 for v in entry.verdicts.values() if not v.verdict.failure)
+            if me in designated or (
+                me in ranked[: need + validators.max_faulty]
+                and passing < need
                 and standin_due(
-                    waited,
-                    now - self.started_at,
-                    self.standin_after,
-                    self._designated(job, sub, validators),
-                    node.network.connected_keys() | {me},
+                    now - self.first_seen.get(sid, now), now - self.started_at, self.standin_after, designated, reachable
                 )
             ):
                 self.spawn(self._check(entry.signed, job), f"check-{job.step}-{sub.shard}")
-
-    @staticmethod
-    def _designated(job: JobState, sub: WorkSubmission, validators: ValidatorSet) -> tuple[bytes, ...]:
-        need = required_checkers(job.spec, validators, sub.trainer)
-        return tuple(compute_checkers(job, sub.shard, sub.trainer, validators)[:need])
-
-    def _short_of_verdicts(self, job: JobState, signed: SignedWorkSubmission, validators: ValidatorSet) -> bool:
-        entry = self.node.workpool.get(submission_id(signed.submission))
-        if entry is None:
-            return False
-        passing = sum(1 for v in entry.verdicts.values() if not v.verdict.failure)
-        return passing < required_checkers(job.spec, validators, signed.submission.trainer)
 
     async def _check(self, signed: SignedWorkSubmission, job: JobState) -> None:
         node = self.node
