@@ -46,11 +46,16 @@ class WorkQueue:
         future: asyncio.Future[T] = loop.create_future()
 
         def job() -> None:
+            started = time.perf_counter()
             try:
                 result = fn(*args)
             except BaseException as exc:  # handed to the awaiting coroutine, which decides
+                self._record(time.perf_counter() - started)
                 loop.call_soon_threadsafe(_set_exception, future, exc)
             else:
+                # Recorded before the caller is woken, so a caller that asks
+                # right after its call sees that call counted.
+                self._record(time.perf_counter() - started)
                 loop.call_soon_threadsafe(_set_result, future, result)
 
         with self._cond:
@@ -84,12 +89,12 @@ class WorkQueue:
                 if self._closed:
                     return
                 _, _, job = heapq.heappop(self._heap)
-            started = time.perf_counter()
             job()
-            took = time.perf_counter() - started
-            with self._cond:
-                self.busy_seconds += took
-                self._recent_seconds.append(took)
+
+    def _record(self, took: float) -> None:
+        with self._cond:
+            self.busy_seconds += took
+            self._recent_seconds.append(took)
 
 
 def _set_result(future: asyncio.Future[Any], value: Any) -> None:
