@@ -40,7 +40,7 @@ from consensus.transition import compute_block_hash
 from consensus.types import PREVOTE, Block, CommitCertificate, Hash32, Height, Round, Vote
 from tdml_node.config import load_config
 from tdml_node.devnet import Devnet, DevnetError, running_devnet, submit_job
-from tdml_node.privval import PrivValidator
+from tdml_node.node.privval import PrivValidator
 from tdml_node.storage import ChainStore
 from tdml_node.work.jobs import get_job
 

@@ -71,7 +71,7 @@ from consensus.types import (
     WorkSubmission,
 )
 from consensus.work import CheckResult, TrainedUnit, check_unit, replay_tolerance
-from tdml_node.blobs import MemoryBlobStore
+from tdml_node.storage import MemoryBlobStore
 from tdml_node.work import unit
 from tdml_node.work.datasets import Dataset
 from tdml_node.work.executor import TorchExecutor, model_state_optimizer

@@ -31,7 +31,7 @@ from consensus.types import (
     JobState,
 )
 from consensus.work import make_job_view
-from tdml_node.blobs import MemoryBlobStore
+from tdml_node.storage import MemoryBlobStore
 from tdml_node.work.executor import TorchExecutor
 
 

@@ -23,7 +23,7 @@ from benchmarks.common import executor_for, job_state, machine_info, now_iso
 from consensus.crypto import Keypair
 from consensus.types import WorkSubmission
 from consensus.work import check_unit, sample_for
-from tdml_node.byzantine import Honest
+from tdml_node.devtools.behaviours import SkippedStep
 from tdml_node.work.jobs import get_job
 
 RESULTS = Path(__file__).parent / "results"
@@ -34,7 +34,7 @@ def measure(units: int, checked: int, checkers: int) -> dict[str, float]:
     spec = dataclasses.replace(spec, verification=dataclasses.replace(spec.verification, checked_steps=checked))
     executor = executor_for(dataset)
     root = executor.initial_model_root(spec)
-    cheat = Honest("skip-steps")
+    cheat = SkippedStep("skip-steps")
     trainer = Keypair.from_seed(bytes(32))
     keys = [Keypair.from_seed(bytes([i + 1]) * 32) for i in range(checkers)]
     caught = 0
@@ -44,7 +44,7 @@ def measure(units: int, checked: int, checkers: int) -> dict[str, float]:
         for shard in range(spec.shards):
             if done >= units:
                 break
-            unit, _ = cheat.train(executor, job, shard)
+            unit = cheat.train(executor, job, shard)
             sub = WorkSubmission(
                 job.job_id, step, shard, trainer.public_key, root,
                 unit.checkpoint_digests, unit.result_digest, unit.losses, unit.receipt,

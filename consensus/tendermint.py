@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from consensus import crypto
+from consensus.errors import FaultKind
 from consensus.transition import compute_block_hash
 from consensus.types import (
     PRECOMMIT,
@@ -158,6 +159,7 @@ class EvidenceFound:
 @dataclass(frozen=True, slots=True)
 class Rejected:
     reason: str
+    kind: FaultKind
 
 
 Action = Broadcast | ScheduleTimeout | RequestValue | RequestValidation | Decide | EvidenceFound | Rejected
@@ -253,7 +255,7 @@ class TendermintCore:
         if event.height <= self.height:
             # Also after a decision (when ``started`` is off): re-running a height
             # would vote on it again from round 0 and could sign conflicting votes.
-            out.append(Rejected(f"height {event.height} already started"))
+            out.append(Rejected(f"height {event.height} already started", FaultKind.INVALID))
             return
         buffered = [e for e in self._future if self._event_height(e) == event.height]
         self.height = event.height
@@ -273,13 +275,13 @@ class TendermintCore:
         if self.decided is not None or p.round > self.round + MAX_ROUND_AHEAD:
             return
         if p.proposer != self._proposer(p.round):
-            out.append(Rejected(f"proposal for round {p.round} not from its proposer"))
+            out.append(Rejected(f"proposal for round {p.round} not from its proposer", FaultKind.NOT_AUTHORISED))
             return
         if p.block.header.height != p.height or p.valid_round >= p.round:
-            out.append(Rejected("malformed proposal"))
+            out.append(Rejected("malformed proposal", FaultKind.MALFORMED))
             return
         if not crypto.verify_value(p.proposer, crypto.DOMAIN_PROPOSAL, self.chain_id, p, signed.signature):
-            out.append(Rejected("bad proposal signature"))
+            out.append(Rejected("bad proposal signature", FaultKind.BAD_SIGNATURE))
             return
         if p.round in self.proposals:
             return  # the first proposal of a round counts; another is the proposer's fault, not ours
@@ -299,10 +301,10 @@ class TendermintCore:
         if v.round > self.round + MAX_ROUND_AHEAD:
             return
         if v.validator not in self.validators:
-            out.append(Rejected("vote from a non-validator"))
+            out.append(Rejected("vote from a non-validator", FaultKind.NOT_AUTHORISED))
             return
         if not crypto.verify_value(v.validator, crypto.DOMAIN_VOTE, self.chain_id, v, signed.signature):
-            out.append(Rejected("bad vote signature"))
+            out.append(Rejected("bad vote signature", FaultKind.BAD_SIGNATURE))
             return
         book = self.votes.setdefault(v.round, _RoundVotes())
         slot = book.prevotes if v.kind == PREVOTE else book.precommits

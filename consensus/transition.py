@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from consensus import crypto
 from consensus.codec import EncodeError, encode
+from consensus.errors import FaultKind, ProtocolError
 from consensus.state import (
     LedgerState,
     get_trainers,
@@ -67,9 +68,8 @@ from consensus.work import (
     WorkOracle,
     WorkRejected,
     compute_assignment,
-    compute_checkers,
+    compute_checker_slots,
     compute_reassignment,
-    required_checkers,
     submission_id,
     validate_submission,
     validate_verdict,
@@ -82,8 +82,8 @@ SUPPORTED_SCHEDULES = ("constant", "linear")
 _DECIMAL = re.compile(r"^\d{1,12}(\.\d{1,16})?([eE]-?\d{1,3})?$")
 
 
-class InvalidBlock(Exception):
-    """The block breaks a protocol rule; the message says which."""
+class InvalidBlock(ProtocolError):
+    """The block breaks a protocol rule; the message says which, the kind how bad it is."""
 
 
 class InvalidTransaction(InvalidBlock):
@@ -218,7 +218,7 @@ def validate_commit(
             raise InvalidCommit("commit signed by a non-validator")
         vote = Vote(PRECOMMIT, height, cert.round, block_hash, sig.validator)
         if not crypto.verify_value(sig.validator, crypto.DOMAIN_VOTE, chain_id, vote, sig.signature):
-            raise InvalidCommit("bad precommit signature in commit")
+            raise InvalidCommit("bad precommit signature in commit", FaultKind.BAD_SIGNATURE)
         seen.add(sig.validator)
     if not validators.is_quorum(validators.power_of_all(seen)):
         raise InvalidCommit("commit lacks more than two thirds of the voting power")
@@ -270,11 +270,11 @@ def _apply_transaction(
 ) -> None:
     tx = signed.tx
     if not crypto.verify_value(tx.sender, crypto.DOMAIN_TX, state.chain_id, tx, signed.signature):
-        raise InvalidTransaction("bad transaction signature")
+        raise InvalidTransaction("bad transaction signature", FaultKind.BAD_SIGNATURE)
     sender = crypto.address_of(tx.sender)
     acct = state.get_account(sender)
     if tx.nonce != acct.nonce:
-        raise InvalidTransaction(f"nonce {tx.nonce} is not the account's next nonce {acct.nonce}")
+        raise InvalidTransaction(f"nonce {tx.nonce} is not the account's next nonce {acct.nonce}", FaultKind.STALE)
     if acct.balance < tx.fee:
         raise InvalidTransaction("balance does not cover the fee")
     balance = acct.balance - tx.fee
@@ -500,13 +500,12 @@ def _apply_work(state: LedgerState, ctx: BlockContext, body: BlockBody, validato
         except WorkRejected as exc:
             raise InvalidBlock(f"submission rejected: {exc}") from exc
         sid = submission_id(sub)
-        need = required_checkers(job.spec, validators, sub.trainer)
-        ranked = compute_checkers(job, sub.shard, sub.trainer, validators)
-        allowed = ranked[: need + validators.max_faulty]
+        slots = compute_checker_slots(job, sub.shard, sub.trainer, validators)
+        need = slots.need
         signers: list[bytes] = []
         for sv in verdicts.get(sid, []):
             try:
-                validate_verdict(state.chain_id, job, sub, sv, validators, designated=allowed)
+                validate_verdict(state.chain_id, job, sub, sv, validators, designated=slots.allowed)
             except WorkRejected as exc:
                 raise InvalidBlock(f"verdict rejected: {exc}") from exc
             if sv.verdict.failure:
@@ -595,7 +594,7 @@ def _apply_evidence(
             raise InvalidBlock("equivocation from the future")
         for sv in (ev.vote_a, ev.vote_b):
             if not crypto.verify_value(sv.vote.validator, crypto.DOMAIN_VOTE, state.chain_id, sv.vote, sv.signature):
-                raise InvalidBlock("bad signature in equivocation evidence")
+                raise InvalidBlock("bad signature in equivocation evidence", FaultKind.BAD_SIGNATURE)
         _slash(state, crypto.address_of(a.validator), reporter=crypto.address_of(ctx.proposer), ctx=ctx)
         return
     sub = ev.submission.submission
@@ -609,7 +608,7 @@ def _apply_evidence(
     if not isinstance(ev, FalsePass) and crypto.address_of(sub.trainer) != job.assignment[sub.shard]:
         raise InvalidBlock("evidence about a unit its trainer was not assigned")
     if not crypto.verify_value(sub.trainer, crypto.DOMAIN_WORK, state.chain_id, sub, ev.submission.signature):
-        raise InvalidBlock("bad trainer signature in evidence")
+        raise InvalidBlock("bad trainer signature in evidence", FaultKind.BAD_SIGNATURE)
     try:
         validate_verdict(state.chain_id, job, sub, ev.verdict, validators)
     except WorkRejected as exc:

@@ -27,6 +27,7 @@ from functools import lru_cache
 from typing import Protocol
 
 from consensus import crypto
+from consensus.errors import FaultKind, ProtocolError
 from consensus.types import (
     FAILURE_MALFORMED,
     FAILURE_NONE,
@@ -62,7 +63,7 @@ class WorkUnavailable(Exception):
         self.digest = digest
 
 
-class InvalidWork(Exception):
+class InvalidWork(ProtocolError):
     """The work is impossible as specified (unknown model, malformed blob)."""
 
 
@@ -292,12 +293,44 @@ def compute_checkers(
     return tuple(sorted(pool, key=lambda k: hashlib.sha256(seed + k).digest()))
 
 
+@dataclass(frozen=True, slots=True)
+class CheckerSlots:
+    """Who may sign a unit's verdicts: its designated checkers, then the stand-ins for silent ones.
+
+    A unit is accepted with ``need`` passing verdicts from ``allowed``; a
+    stand-in steps in only when a designated checker stays silent.
+    """
+
+    designated: tuple[bytes, ...]
+    standins: tuple[bytes, ...]
+
+    @property
+    def need(self) -> int:
+        return len(self.designated)
+
+    @property
+    def allowed(self) -> tuple[bytes, ...]:
+        return self.designated + self.standins
+
+
+def compute_checker_slots(job: JobState, shard: int, trainer_key: bytes, validators: ValidatorSet) -> CheckerSlots:
+    """The checker slots of the unit (job.step, shard): the one rule every caller uses.
+
+    The first ``required_checkers`` validators of ``compute_checkers``' ranking
+    are designated; the next f are stand-ins, so even with f designated
+    checkers faulty or silent a unit can gather its verdicts from honest ones.
+    """
+    need = required_checkers(job.spec, validators, trainer_key)
+    ranked = compute_checkers(job, shard, trainer_key, validators)
+    return CheckerSlots(ranked[:need], ranked[need : need + validators.max_faulty])
+
+
 # ---------------------------------------------------------------------------
 # Validation of submissions and verdicts
 
 
-class WorkRejected(ValueError):
-    """A submission or verdict breaks a rule; the message says which."""
+class WorkRejected(ProtocolError):
+    """A submission or verdict breaks a rule; the message says which, the kind how bad it is."""
 
 
 def validate_submission(
@@ -307,15 +340,15 @@ def validate_submission(
     sub = signed.submission
     spec = job.spec
     if sub.job != job.job_id:
-        raise WorkRejected("submission is for another job")
+        raise WorkRejected("submission is for another job", FaultKind.STALE)
     if sub.step != job.step:
-        raise WorkRejected(f"submission is for step {sub.step}, the job is at step {job.step}")
+        raise WorkRejected(f"submission is for step {sub.step}, the job is at step {job.step}", FaultKind.STALE)
     if not 0 <= sub.shard < spec.shards:
-        raise WorkRejected(f"shard {sub.shard} out of range")
+        raise WorkRejected(f"shard {sub.shard} out of range", FaultKind.MALFORMED)
     if crypto.address_of(sub.trainer) != job.assignment[sub.shard]:
-        raise WorkRejected(f"trainer is not assigned shard {sub.shard}")
+        raise WorkRejected(f"trainer is not assigned shard {sub.shard}", FaultKind.STALE)
     if job.accepted[sub.shard] is not None:
-        raise WorkRejected(f"shard {sub.shard} already has an accepted unit")
+        raise WorkRejected(f"shard {sub.shard} already has an accepted unit", FaultKind.STALE)
     if sub.parent_model_root != job.model_root:
         raise WorkRejected("submission is not built on the committed model state")
     expected_checkpoints = spec.inner_steps if spec.inner_steps > 1 else 0
@@ -326,7 +359,7 @@ def validate_submission(
     if spec.verification.tolerance == "0" and sub.receipt != spec.profile:
         raise WorkRejected("an exact-replay job needs units computed under the job's profile")
     if check_signature and not crypto.verify_value(sub.trainer, crypto.DOMAIN_WORK, chain_id, sub, signed.signature):
-        raise WorkRejected("bad trainer signature")
+        raise WorkRejected("bad trainer signature", FaultKind.BAD_SIGNATURE)
 
 
 def validate_verdict(
@@ -346,16 +379,16 @@ def validate_verdict(
     if v.submission_id != submission_id(submission):
         raise WorkRejected("verdict is about another submission")
     if v.validator not in validators:
-        raise WorkRejected("verdict signer is not a validator")
+        raise WorkRejected("verdict signer is not a validator", FaultKind.STALE)
     if designated is not None and v.validator not in designated:
         raise WorkRejected("verdict signer is not a designated checker of this unit")
     if not crypto.verify(v.validator, crypto.DOMAIN_SAMPLE, chain_id, v.submission_id, v.sample_signature):
-        raise WorkRejected("bad sample signature")
+        raise WorkRejected("bad sample signature", FaultKind.BAD_SIGNATURE)
     expected = compute_sampled_steps(
         v.sample_signature, job.spec.inner_steps, job.spec.verification.checked_steps
     )
     if v.checked_steps != expected:
-        raise WorkRejected("checked steps are not the ones the sample signature picks")
+        raise WorkRejected("checked steps are not the ones the sample signature picks", FaultKind.MALFORMED)
     if v.failure == FAILURE_NONE:
         if v.failed_step != -1:
             raise WorkRejected("a passing verdict names no failed step")
@@ -365,7 +398,7 @@ def validate_verdict(
     elif v.failed_step != -1:
         raise WorkRejected("only a replay failure names a step")
     if not crypto.verify_value(v.validator, crypto.DOMAIN_VERDICT, chain_id, v, signed.signature):
-        raise WorkRejected("bad verdict signature")
+        raise WorkRejected("bad verdict signature", FaultKind.BAD_SIGNATURE)
 
 
 def replay_tolerance(spec: JobSpec) -> float | None:

@@ -210,7 +210,7 @@ class DevnetReport:
 
 def submit_job(client: NodeClient, key: Keypair, chain_id: str, spec: JobSpec, dataset: bytes) -> str:
     """Upload the dataset and post the job; returns the job id (hex)."""
-    from tdml_node.blobs import MemoryBlobStore
+    from tdml_node.storage import MemoryBlobStore
     from tdml_node.work.executor import TorchExecutor
 
     client.put_blob(dataset)

@@ -28,12 +28,6 @@ class NodeMetrics:
         self.units_checked = Counter("tdml_units_checked", "Work units this node replayed", registry=r)
         self.units_failed = Counter("tdml_units_failed", "Work units that failed this node's replay", registry=r)
         self.peers = Gauge("tdml_peers", "Connected peers", registry=r)
-        self.byzantine_faults = Gauge(
-            "tdml_byzantine_faults", "Faults this node committed on purpose (test networks only)", registry=r
-        )
-        self.byzantine_first_fault_height = Gauge(
-            "tdml_byzantine_first_fault_height", "Height of this node's first deliberate fault", registry=r
-        )
 
     def observe_commit(self, seconds: float, block: Block, completed: tuple[StepOutcome, ...]) -> None:
         self.height.set(block.header.height)

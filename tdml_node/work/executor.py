@@ -50,7 +50,7 @@ from consensus.work import (
     check_unit,
     replay_tolerance,
 )
-from tdml_node.blobs import BlobStore
+from tdml_node.storage import BlobStore
 from tdml_node.work import aggregate, unit
 from tdml_node.work.datasets import Dataset
 from tdml_node.work.models import build_model, validate_model_spec

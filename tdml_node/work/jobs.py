@@ -197,6 +197,16 @@ def job_names() -> tuple[str, ...]:
     return tuple(_PRESETS)
 
 
+def preset_spec(name: str) -> JobSpec | None:
+    """The preset's whole spec as it would be submitted; None for a preset that needs a text file."""
+    try:
+        return get_job(name)[0]
+    except ValueError:
+        if name in _PRESETS:
+            return None
+        raise
+
+
 def get_job(name: str = DEFAULT_JOB, *, steps: int | None = None, text_path: str | Path | None = None) -> tuple[JobSpec, bytes]:
     """The preset's spec (with ``steps`` replacing its step count when given) and dataset bytes."""
     build = _PRESETS.get(name)

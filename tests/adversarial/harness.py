@@ -36,9 +36,9 @@ from consensus.types import (
     WorkFraud,
 )
 from consensus.work import make_job_view
-from tdml_node.blobs import MemoryBlobStore
 from tdml_node.client import NodeClient
 from tdml_node.devnet import Devnet, running_devnet, submit_job
+from tdml_node.storage import MemoryBlobStore
 from tdml_node.work.executor import TorchExecutor
 from tdml_node.work.jobs import get_job
 from tdml_node.work.reference import run_reference

@@ -54,8 +54,9 @@ from consensus.types import (
 )
 from tdml_node.config import NodeConfig
 from tdml_node.genesis import compose_genesis
-from tdml_node.node import Node
-from tdml_node.pools import MAX_NONCE_GAP, tx_hash
+from tdml_node.node import Node, open_node
+from tdml_node.pools import tx_hash
+from tdml_node.pools.mempool import MAX_NONCE_GAP
 from tdml_node.rpc import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -65,6 +66,7 @@ from tdml_node.rpc import (
     TX_REJECTED,
     RpcServer,
 )
+from tdml_node.rpc.websocket import handle_text
 from tdml_node.storage import ChainStore
 
 from .common import FuzzFailure
@@ -125,15 +127,15 @@ async def live_node(home: Path | None = None, *, with_job_spec: bool = True) -> 
         config = NodeConfig(home=home, rpc_port=0, dev=True, block_interval_ms=50)
         store = ChainStore(config.data_dir)
         try:
-            node = Node(config, key, store, genesis)
-            server = RpcServer(node, "127.0.0.1", 0)
-            spec = _preset_spec() if with_job_spec else None
-            harness = RpcHarness(node, server, store, client, spec, methods=tuple(server.methods))
-            harness.task = asyncio.create_task(node.run(), name="fuzz-node")
-            try:
-                yield harness
-            finally:
-                await harness.stop()
+            async with open_node(config, key, genesis, store=store) as node:
+                server = RpcServer(node, "127.0.0.1", 0, dev=config.dev)
+                spec = _preset_spec() if with_job_spec else None
+                harness = RpcHarness(node, server, store, client, spec, methods=tuple(server.methods.table))
+                harness.task = asyncio.create_task(node.run(), name="fuzz-node")
+                try:
+                    yield harness
+                finally:
+                    await harness.stop()
         finally:
             store.close()
 
@@ -325,7 +327,7 @@ def _id(rng: random.Random) -> tuple[Any, bool]:
 
 def _call_input(h: RpcHarness, rng: random.Random) -> RpcInput:
     method = rng.choice(h.methods)
-    spec = h.server.methods[method]
+    spec = h.server.methods.table[method]
     params: Any
     roll = rng.random()
     if roll < 0.35:
@@ -543,7 +545,7 @@ async def check(h: RpcHarness, inp: RpcInput) -> str:
     node = h.node
     before = mempool_hashes(node)
     if inp.channel == "ws":
-        answer = await h.server._ws_request(inp.body.decode("utf-8", "replace"), set())
+        answer = await handle_text(inp.body.decode("utf-8", "replace"), set(), h.server.dispatcher)
     else:
         answer = await h.server.dispatch_bytes(inp.body)
     try:

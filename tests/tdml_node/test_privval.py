@@ -8,7 +8,7 @@ import pytest
 
 from consensus.crypto import DOMAIN_VOTE, Keypair, verify_value
 from consensus.types import PRECOMMIT, PREVOTE, Hash32, Height, Round, Vote
-from tdml_node.privval import DoubleSignRefused, PrivValidator
+from tdml_node.node.privval import DoubleSignRefused, PrivValidator
 from tdml_node.storage import ChainStore
 
 

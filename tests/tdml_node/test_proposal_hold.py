@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from consensus.tendermint import STEP_PRECOMMIT, STEP_PREVOTE, STEP_PROPOSE, TimeoutElapsed
 from consensus.types import Height, Round
-from tdml_node.proposal_hold import ProposalHold
+from tdml_node.node.proposal_hold import ProposalHold
 
 
 def _timeout(height: int, round_: int, step: int = STEP_PROPOSE) -> TimeoutElapsed:

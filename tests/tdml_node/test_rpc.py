@@ -23,7 +23,7 @@ from consensus.types import Address, Amount, SignedTransaction, Transaction, Tra
 from tdml_node.client import make_transfer, sign_transaction
 from tdml_node.config import NodeConfig
 from tdml_node.genesis import compose_genesis
-from tdml_node.node import Node
+from tdml_node.node import Node, open_node
 from tdml_node.rpc import (
     INVALID_PARAMS,
     INVALID_REQUEST,
@@ -32,7 +32,6 @@ from tdml_node.rpc import (
     TX_REJECTED,
     RpcServer,
 )
-from tdml_node.storage import ChainStore
 
 
 @dataclass
@@ -68,20 +67,18 @@ async def live(tmp_path: Path) -> AsyncIterator[LiveNode]:
     key, client_key = Keypair.generate(), Keypair.generate()
     genesis = compose_genesis("rpc-test", [(key.public_key, "")], clients=[client_key.public_key])
     config = NodeConfig(home=tmp_path, rpc_port=0, dev=True, block_interval_ms=50)
-    store = ChainStore(config.data_dir)
-    node = Node(config, key, store, genesis)
-    server = RpcServer(node, "127.0.0.1", 0)
-    port = await server.start()
-    task = asyncio.create_task(node.run())
-    try:
-        async with aiohttp.ClientSession() as http:
-            yield LiveNode(node, f"http://127.0.0.1:{port}/", client_key, http)
-    finally:
-        node.request_stop()
-        async with asyncio.timeout(30):
-            await task
-        await server.stop()
-        store.close()
+    async with open_node(config, key, genesis) as node:
+        server = RpcServer(node, "127.0.0.1", 0, dev=config.dev)
+        port = await server.start()
+        task = asyncio.create_task(node.run())
+        try:
+            async with aiohttp.ClientSession() as http:
+                yield LiveNode(node, f"http://127.0.0.1:{port}/", client_key, http)
+        finally:
+            node.request_stop()
+            async with asyncio.timeout(30):
+                await task
+            await server.stop()
 
 
 async def test_blocks_are_served_by_number_tag_and_hash(live: LiveNode) -> None:

@@ -19,11 +19,10 @@ import pytest
 
 from consensus.crypto import Keypair
 from consensus.transition import compute_job_id
-from tdml_node.blobs import MemoryBlobStore
 from tdml_node.client import NodeClient, make_submit_job
 from tdml_node.config import load_config, write_config
 from tdml_node.devnet import Devnet, free_port, running_devnet, submit_job
-from tdml_node.storage import ChainStore
+from tdml_node.storage import ChainStore, MemoryBlobStore
 from tdml_node.work.executor import TorchExecutor
 from tdml_node.work.export import load_exported
 from tdml_node.work.jobs import get_job

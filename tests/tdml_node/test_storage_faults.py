@@ -68,9 +68,9 @@ from p2p.messages import GossipPayload
 from tdml_node.config import NodeConfig
 from tdml_node.devnet import Devnet
 from tdml_node.genesis import compose_genesis
-from tdml_node.netlink import NoNetwork
-from tdml_node.node import Node, NodeHalted
+from tdml_node.node import Node, NodeHalted, open_node
 from tdml_node.rpc import RpcServer
+from tdml_node.runtime.netlink import NoNetwork
 from tdml_node.storage import ChainStore, StorageError
 
 INJECTED = b"IO error: injected: No space left on device"
@@ -178,17 +178,19 @@ async def faulty_node(home: Path, fail_when: Callable[[list[bytes]], bool]) -> A
     config = NodeConfig(home=home, rpc_port=0, dev=True, block_interval_ms=20)
     store = ChainStore(config.data_dir)
     network = RecordingNetwork()
-    node = Node(config, key, store, genesis, network=network)
-    db = FailingDB(store._db, fail_when)
-    store._db = db
-    task = asyncio.create_task(node.run())
     try:
-        yield FaultyNode(node, store, db, network, task)
+        async with open_node(config, key, genesis, store=store, network=network) as node:
+            db = FailingDB(store._db, fail_when)
+            store._db = db
+            task = asyncio.create_task(node.run())
+            try:
+                yield FaultyNode(node, store, db, network, task)
+            finally:
+                node.request_stop()
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(30):
+                        await task
     finally:
-        node.request_stop()
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(30):
-                await task
         store.close()
 
 
@@ -227,7 +229,7 @@ async def test_a_failed_block_commit_halts_and_leaves_the_last_whole_block(tmp_p
 
 async def test_a_failed_blob_upload_answers_507_and_halts_the_node(tmp_path: Path) -> None:
     async with faulty_node(tmp_path, lambda keys: any(k.startswith(b"x") for k in keys)) as f:
-        server = RpcServer(f.node, "127.0.0.1", 0)
+        server = RpcServer(f.node, "127.0.0.1", 0, dev=True)
         port = await server.start()
         try:
             async with aiohttp.ClientSession() as http:

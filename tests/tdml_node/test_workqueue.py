@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tdml_node.workqueue import (
+from tdml_node.runtime.workqueue import (
     PRIORITY_CHECK,
     PRIORITY_CONSENSUS,
     PRIORITY_TRAIN,

@@ -24,7 +24,7 @@ from consensus.types import (
     WorkSubmission,
 )
 from consensus.work import CheckResult, TrainedUnit, make_job_view, submission_id
-from tdml_node.blobs import MemoryBlobStore
+from tdml_node.storage import MemoryBlobStore
 from tdml_node.work.datasets import synthetic_bundle
 from tdml_node.work.executor import TorchExecutor
 from tdml_node.work.jobs import get_job, make_job, optimizer_spec

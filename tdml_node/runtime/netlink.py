@@ -13,18 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from consensus.crypto import sha256
 from consensus.types import Hash32
 from p2p.messages import GossipPayload
+from tdml_node.runtime.workqueue import Offload, in_thread
 from tdml_node.storage import ChainStore
 
 log = logging.getLogger("tdml.net")
-
-SEVERITY_MINOR = 5
-SEVERITY_MAJOR = 20
-SEVERITY_FATAL = 100
 
 
 class Network(Protocol):
@@ -47,6 +44,15 @@ class Network(Protocol):
     def connected_keys(self) -> frozenset[bytes]: ...
 
     def peers(self) -> list[dict[str, Any]]: ...
+
+    def banned(self) -> list[str]: ...
+
+
+@runtime_checkable
+class Partitionable(Protocol):
+    """A network a test can cut off from some peers (dev networks' ``tdml_devPartition``)."""
+
+    def set_partitioned(self, keys: set[bytes]) -> None: ...
 
 
 class NoNetwork:
@@ -82,12 +88,16 @@ class NoNetwork:
     def peers(self) -> list[dict[str, Any]]:
         return []
 
+    def banned(self) -> list[str]:
+        return []
+
 
 class BlobFetcher:
-    def __init__(self, store: ChainStore, network: Network, timeout: float = 20.0) -> None:
+    def __init__(self, store: ChainStore, network: Network, *, offload: Offload = in_thread, timeout: float = 20.0) -> None:
         self.store = store
         self.network = network
         self.timeout = timeout
+        self._offload = offload
         self._inflight: dict[bytes, asyncio.Future[bool]] = {}
         self.fetched = 0
 
@@ -105,7 +115,7 @@ class BlobFetcher:
             ok = data is not None and sha256(data) == digest
             if ok:
                 assert data is not None
-                await asyncio.to_thread(self.store.put, data)
+                await self._offload(self.store.put, data)
                 self.fetched += 1
             else:
                 log.info("no peer served blob %s", digest.hex()[:16])

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from consensus.codec import decode_as, encode
 from consensus.crypto import DOMAIN_PROPOSAL, DOMAIN_VOTE, Keypair, sha256
+from consensus.errors import LocalFault
 from consensus.types import (
     PRECOMMIT,
     PREVOTE,
@@ -36,8 +37,8 @@ _LAST = b"privval"
 _RECORD = b"pv/"
 
 
-class DoubleSignRefused(Exception):
-    """Signing this would conflict with something already signed."""
+class DoubleSignRefused(LocalFault):
+    """Signing this would conflict with something already signed: the node must stop, not sign."""
 
 
 def _position(height: int, round_: int, step: int) -> bytes:

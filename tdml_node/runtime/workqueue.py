@@ -6,6 +6,11 @@ on the event loop. It runs here, one call at a time so the execution profile
 priority first: consensus-critical work (building and validating blocks)
 before checking other trainers' units before training our own.
 
+Blocking calls that are not torch work (database writes) go through an
+``Offload``: a thread in a real node (``in_thread``), the caller itself in a
+simulation with a virtual clock (``inline``), where a thread would let
+simulated time run on while the call is in flight.
+
 This module must never know what the work means.
 """
 
@@ -17,8 +22,8 @@ import heapq
 import itertools
 import threading
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
 
@@ -27,6 +32,30 @@ PRIORITY_CHECK = 1
 PRIORITY_TRAIN = 2
 
 RECENT_JOBS = 16
+
+
+class Offload(Protocol):
+    """Runs one blocking call off the event loop and awaits its result."""
+
+    def __call__(self, fn: Callable[..., T], /, *args: Any) -> Awaitable[T]: ...
+
+
+def in_thread(fn: Callable[..., T], /, *args: Any) -> Awaitable[T]:
+    return asyncio.to_thread(fn, *args)
+
+
+async def inline(fn: Callable[..., T], /, *args: Any) -> T:
+    return fn(*args)
+
+
+class Worker(Protocol):
+    """What the node needs of its work queue (a thread in a real node, inline in a simulation)."""
+
+    def submit(self, priority: int, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]: ...
+
+    def longest_recent_seconds(self) -> float: ...
+
+    def close(self, timeout: float = 30.0) -> None: ...
 
 
 class WorkQueue:

@@ -1,9 +1,9 @@
-"""What a node holds between blocks: pending transactions, work units, verdicts, evidence.
+"""Work units, verdicts and evidence a node holds between blocks, for the steps in progress.
 
-The pools only collect and select; every rule about what is valid comes from
-``consensus``. Selection is deterministic (sorted by job, shard, validator
-key, sender and nonce), so a node that builds the same block twice, for
-instance after a restart, builds identical bytes.
+The pool only collects and selects; every rule about what is valid comes
+from ``consensus.work``. Selection is deterministic (by job, shard and
+submission id, verdicts in checker rank order), so a node that builds the
+same block twice builds identical bytes.
 
 This module must never perform I/O or run torch.
 """
@@ -12,99 +12,34 @@ from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from consensus import crypto
+from consensus.errors import FaultKind
 from consensus.state import LedgerState
-from consensus.transition import BlockContext, InvalidBlock, apply_transaction
 from consensus.types import (
     JOB_ACTIVE,
-    MAX_BLOCK_TXS,
     Address,
     Equivocation,
     FalsePass,
     FalseVerdict,
-    Hash32,
-    SignedTransaction,
     SignedVerdict,
     SignedWorkSubmission,
     WorkFraud,
+    WorkSubmission,
 )
 from consensus.validators import ValidatorSet
 from consensus.work import (
-    WorkOracle,
     WorkRejected,
-    compute_checkers,
-    required_checkers,
+    compute_checker_slots,
     submission_id,
     validate_submission,
     validate_verdict,
 )
 
 Evidence = WorkFraud | FalseVerdict | FalsePass | Equivocation
-MAX_NONCE_GAP = 64
 MAX_EARLY = 4096
-
-
-class TxRejected(ValueError):
-    """A transaction cannot enter the mempool; the message says why."""
-
-
-def tx_hash(signed: SignedTransaction) -> Hash32:
-    return crypto.hash_value(signed)
-
-
-class Mempool:
-    def __init__(self, max_txs: int = 10_000) -> None:
-        self.max_txs = max_txs
-        self._txs: OrderedDict[bytes, SignedTransaction] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._txs)
-
-    def __contains__(self, digest: object) -> bool:
-        return digest in self._txs
-
-    def admit(self, signed: SignedTransaction, state: LedgerState) -> Hash32:
-        """Cheap admission checks; the full rules run when a block is built."""
-        digest = tx_hash(signed)
-        if digest in self._txs:
-            return digest
-        if len(self._txs) >= self.max_txs:
-            raise TxRejected("mempool is full")
-        tx = signed.tx
-        if not crypto.verify_value(tx.sender, crypto.DOMAIN_TX, state.chain_id, tx, signed.signature):
-            raise TxRejected("bad signature (or a transaction for another chain)")
-        acct = state.get_account(crypto.address_of(tx.sender))
-        if tx.nonce < acct.nonce:
-            raise TxRejected(f"nonce {tx.nonce} already used (next is {acct.nonce})")
-        if tx.nonce >= acct.nonce + MAX_NONCE_GAP:
-            raise TxRejected(f"nonce {tx.nonce} is too far ahead (next is {acct.nonce})")
-        self._txs[digest] = signed
-        return digest
-
-    def select(self, state: LedgerState, ctx: BlockContext, work: WorkOracle | None) -> tuple[SignedTransaction, ...]:
-        """Transactions that apply in order on ``state``, senders' nonces ascending."""
-        pending = sorted(self._txs.values(), key=lambda s: (s.tx.sender, s.tx.nonce))
-        chosen: list[SignedTransaction] = []
-        scratch = state
-        for signed in pending:
-            if len(chosen) >= MAX_BLOCK_TXS:
-                break
-            try:
-                scratch = apply_transaction(scratch, ctx, signed, work)
-            except InvalidBlock:
-                continue
-            chosen.append(signed)
-        return tuple(chosen)
-
-    def prune(self, state: LedgerState) -> None:
-        for digest, signed in list(self._txs.items()):
-            if signed.tx.nonce < state.get_account(crypto.address_of(signed.tx.sender)).nonce:
-                del self._txs[digest]
-
-    def items(self) -> list[SignedTransaction]:
-        return list(self._txs.values())
 
 
 @dataclass
@@ -132,7 +67,7 @@ class WorkPool:
             return False
         job = state.jobs.get(signed.submission.job)
         if job is None or job.status != JOB_ACTIVE:
-            raise WorkRejected("no such active job")
+            raise WorkRejected("no such active job", FaultKind.STALE)
         validate_submission(chain_id, job, signed)
         self.units[sid] = UnitEntry(signed)
         return True
@@ -140,10 +75,12 @@ class WorkPool:
     def add_verdict(self, chain_id: str, signed: SignedVerdict, state: LedgerState, validators: ValidatorSet) -> bool:
         entry = self.units.get(signed.verdict.submission_id)
         if entry is None:
-            raise WorkRejected("verdict on an unknown submission")
+            raise WorkRejected("verdict on an unknown submission", FaultKind.STALE)
         if signed.verdict.validator in entry.verdicts:
             return False
-        job = state.jobs[entry.signed.submission.job]
+        job = state.jobs.get(entry.signed.submission.job)
+        if job is None:
+            raise WorkRejected("verdict on a unit of a job this node does not know", FaultKind.STALE)
         validate_verdict(chain_id, job, entry.signed.submission, signed, validators)
         entry.verdicts[signed.verdict.validator] = signed
         return True
@@ -163,6 +100,19 @@ class WorkPool:
                 return entry
         return None
 
+    def entries(self) -> Iterator[tuple[bytes, UnitEntry]]:
+        """The units held (submission id, entry), in arrival order; a copy, safe to change the pool meanwhile."""
+        return iter(list(self.units.items()))
+
+    def units_of_step(self, job_id: bytes, step: int) -> list[WorkSubmission]:
+        """Every unit held for one step of one job, by submission id."""
+        found = [e.signed.submission for e in self.units.values() if e.signed.submission.job == job_id and e.signed.submission.step == step]
+        return sorted(found, key=submission_id)
+
+    def verdicts_by(self, validator: bytes) -> dict[bytes, SignedVerdict]:
+        """The verdicts ``validator`` signed on units the pool holds, by submission id."""
+        return {sid: e.verdicts[validator] for sid, e in self.units.items() if validator in e.verdicts}
+
     def includable(
         self, state: LedgerState, validators: ValidatorSet
     ) -> list[tuple[SignedWorkSubmission, tuple[SignedVerdict, ...]]]:
@@ -176,14 +126,14 @@ class WorkPool:
                 if job.accepted[shard] is not None:
                     continue
                 for entry in self._entries_for(job_id, job.step, shard):
-                    need = required_checkers(job.spec, validators, entry.signed.submission.trainer)
-                    ranked = compute_checkers(job, shard, entry.signed.submission.trainer, validators)
-                    allowed = ranked[: need + validators.max_faulty]
+                    slots = compute_checker_slots(job, shard, entry.signed.submission.trainer, validators)
                     passing = [
-                        entry.verdicts[k] for k in allowed if k in entry.verdicts and not entry.verdicts[k].verdict.failure
+                        entry.verdicts[k]
+                        for k in slots.allowed
+                        if k in entry.verdicts and not entry.verdicts[k].verdict.failure
                     ]
-                    if len(passing) >= need and self._still_valid(state, entry):
-                        out.append((entry.signed, tuple(passing[:need])))
+                    if len(passing) >= slots.need and self._still_valid(state, entry):
+                        out.append((entry.signed, tuple(passing[: slots.need])))
                         break
         return out
 
@@ -260,6 +210,17 @@ class WorkPool:
         self.early_units.clear()
         self.early_verdicts.clear()
         return units, verdicts
+
+
+def open_unit_keys(state: LedgerState) -> set[tuple[bytes, int, int]]:
+    """(job, step, shard) of every unit a step in progress still needs."""
+    return {
+        (job.job_id, job.step, shard)
+        for job in state.jobs.values()
+        if job.status == JOB_ACTIVE
+        for shard in range(job.spec.shards)
+        if job.accepted[shard] is None
+    }
 
 
 def _is_stale(ev: Evidence, state: LedgerState) -> bool:

@@ -32,6 +32,7 @@ import plyvel
 
 from consensus.codec import decode_as, encode
 from consensus.crypto import sha256
+from consensus.errors import LocalFault
 from consensus.state import LedgerState
 from consensus.transition import compute_block_hash
 from consensus.types import (
@@ -50,8 +51,8 @@ from consensus.work import submission_id
 MAX_BLOCK_BYTES = 64 * 1024 * 1024
 
 
-class StorageError(Exception):
-    """The database cannot be opened or written (full disk, permissions, corruption)."""
+class StorageError(LocalFault):
+    """The database cannot be opened or written (full disk, permissions, corruption): the node must stop."""
 
 
 def _h(height: int) -> bytes:

@@ -2,7 +2,7 @@
 
 A blob's key is the SHA-256 of its bytes, so a blob fetched from anywhere is
 checked by hashing it. Model states, checkpoints, work results and datasets
-are blobs. The LevelDB-backed store lives in ``tdml_node.storage``.
+are blobs. The LevelDB-backed store is ``chainstore.ChainStore``.
 
 This module must never decide what to keep: retention is the node's policy.
 """

@@ -1,0 +1,60 @@
+"""``tdml-node devnet``: a local network of node processes that trains a job end to end.
+
+This module must never hold node logic: it hands over to ``tdml_node.devnet``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+
+@click.command()
+@click.option("--nodes", type=click.IntRange(1, 16), default=4, show_default=True, help="Node processes to start.")
+@click.option("--steps", type=click.IntRange(1), help="Override the job's number of training steps.")
+@click.option("--job", "job_name", default="digits-mlp", show_default=True, help="Job preset (see `tdml-node job presets`).")
+@click.option("--text", "text_path", type=click.Path(exists=True, path_type=Path), help="Text file for the chars-transformer job.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("devnet-model.safetensors"), show_default=True, help="Where to export the trained model.")
+@click.option("--dir", "data_dir", type=click.Path(path_type=Path), help="Keep node homes here (default: a temporary directory).")
+@click.option("--keep", is_flag=True, help="Keep the temporary node homes after the run.")
+@click.option("--no-reference", is_flag=True, help="Skip the single-process reference comparison.")
+def devnet(
+    nodes: int,
+    steps: int | None,
+    job_name: str,
+    text_path: Path | None,
+    out: Path,
+    data_dir: Path | None,
+    keep: bool,
+    no_reference: bool,
+) -> None:
+    """Start NODES local node processes, train a job on them, and report.
+
+    Each node gets its own keys, LevelDB and ports on 127.0.0.1. The job's
+    dataset is uploaded, the job submitted, and progress shown live; at the end
+    the trained model is exported as safetensors and its state root compared
+    with a single-process reference run of the same job.
+    """
+    from tdml_node.devnet import DevnetError, print_report, run_devnet
+
+    console = Console()
+    try:
+        report = run_devnet(
+            nodes=nodes,
+            job=job_name,
+            steps=steps,
+            text_path=text_path,
+            out=out,
+            data_dir=data_dir,
+            keep=keep,
+            check_reference=not no_reference,
+            console=console,
+        )
+    except DevnetError as exc:
+        raise click.ClickException(str(exc)) from exc
+    print_report(report, console)
+    if report.matches_reference is False:
+        sys.exit(1)

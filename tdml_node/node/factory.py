@@ -1,0 +1,191 @@
+"""Building a node: ``open_node`` opens (or takes) its store, builds every part, and closes what it opened.
+
+    async with open_node(config, keypair, genesis, network=network) as node:
+        await network.start(node.handlers)
+        await node.run()
+
+The network is built by the caller and started with the node's handlers
+once the node exists, so neither needs the other to be half-built. In a
+simulation the caller passes its own network, work queue and offload (inline,
+on a simulated clock) and the parts are the same as a real node's.
+
+This module must never run the node: it builds, and at the end closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from consensus import crypto
+from consensus.tendermint import TendermintCore
+from consensus.transition import compute_genesis_hash, make_genesis_state
+from consensus.types import Genesis
+from tdml_node.config import NodeConfig
+from tdml_node.duties import Duties, DutyContext
+from tdml_node.metrics import NodeMetrics
+from tdml_node.node.handlers import PeerHandlers
+from tdml_node.node.intake import TransactionIntake
+from tdml_node.node.node import InboxItem, Node, NodeHalted, NodeParts
+from tdml_node.node.privval import PrivValidator
+from tdml_node.node.proposal_hold import ProposalHold
+from tdml_node.node.proposer import Proposer, ProposerTimings
+from tdml_node.node.sync import Syncer
+from tdml_node.node.validator import ProposalChecker
+from tdml_node.node.wal import ConsensusLog
+from tdml_node.pools import Mempool, WorkPool
+from tdml_node.runtime.netlink import BlobFetcher, Network, NoNetwork
+from tdml_node.runtime.runner import WorkRunner
+from tdml_node.runtime.seams import HONEST, Seams
+from tdml_node.runtime.tasks import StopSignal, TaskOwner
+from tdml_node.runtime.views import ChainHead
+from tdml_node.runtime.wakeup import Wakeup
+from tdml_node.runtime.workqueue import Offload, Worker, WorkQueue, in_thread
+from tdml_node.storage import ChainStore, Retention
+from tdml_node.work.executor import TorchExecutor
+
+
+def load_or_init_state(store: ChainStore, genesis: Genesis, executor: TorchExecutor) -> ChainHead:
+    """The committed head of the store's chain; a fresh store is initialised with ``genesis``."""
+    stored = store.get_genesis()
+    if stored is None:
+        state = make_genesis_state(genesis, executor)
+        store.init_genesis(genesis, state)
+        return ChainHead(genesis.chain_id, state)
+    if compute_genesis_hash(stored) != compute_genesis_hash(genesis):
+        raise NodeHalted(f"the data directory {store.path} belongs to another chain (genesis differs)")
+    loaded = store.load_state()
+    if loaded is None:
+        raise NodeHalted(f"the data directory {store.path} has a genesis but no state")
+    return ChainHead(genesis.chain_id, loaded)
+
+
+@contextlib.asynccontextmanager
+async def open_node(
+    config: NodeConfig,
+    keypair: crypto.Keypair,
+    genesis: Genesis,
+    *,
+    store: ChainStore | None = None,
+    network: Network | None = None,
+    seams: Seams = HONEST,
+    worker: Worker | None = None,
+    offload: Offload = in_thread,
+    standin_after: float = 3.0,
+) -> AsyncIterator[Node]:
+    """A node with every part built; what it opened itself (store, work queue) is closed at the end."""
+    async with contextlib.AsyncExitStack() as stack:
+        if store is None:
+            store = await offload(ChainStore, config.data_dir)
+            stack.callback(store.close)
+        if worker is None:
+            worker = WorkQueue()
+        stack.callback(worker.close)
+        network = network or NoNetwork()
+        executor = TorchExecutor(store, train_threads=config.train_threads)
+        chain = await offload(load_or_init_state, store, genesis, executor)
+        yield _assemble(config, keypair, genesis, store, executor, chain, network, seams, worker, offload, standin_after)
+
+
+def _assemble(
+    config: NodeConfig,
+    keypair: crypto.Keypair,
+    genesis: Genesis,
+    store: ChainStore,
+    executor: TorchExecutor,
+    chain: ChainHead,
+    network: Network,
+    seams: Seams,
+    worker: Worker,
+    offload: Offload,
+    standin_after: float,
+) -> Node:
+    loop = asyncio.get_running_loop()
+    stop = StopSignal()
+    inbox: asyncio.Queue[InboxItem] = asyncio.Queue()
+    wakeup = Wakeup()
+    metrics = NodeMetrics()
+    mempool, workpool = Mempool(), WorkPool()
+    privval = PrivValidator(store, keypair, chain.chain_id)
+    hold = ProposalHold()
+    runner = WorkRunner(worker, BlobFetcher(store, network, offload=offload))
+    tasks = TaskOwner(stop.halt)
+    duties = Duties(
+        DutyContext(
+            keypair=keypair,
+            chain=chain,
+            pool=workpool,
+            runner=runner,
+            network=network,
+            executor=executor,
+            seams=seams,
+            metrics=metrics,
+            spawn=tasks.spawn,
+            wake=wakeup.notify,
+            clock=loop.time,
+        ),
+        standin_after=standin_after,
+    )
+    intake = TransactionIntake(
+        keypair=keypair, chain=chain, mempool=mempool, worker=worker, executor=executor, network=network, wake=wakeup.notify
+    )
+    parts = NodeParts(
+        store=store,
+        executor=executor,
+        chain=chain,
+        core=TendermintCore(chain.chain_id, keypair.public_key, config.timeouts),
+        network=network,
+        seams=seams,
+        runner=runner,
+        offload=offload,
+        metrics=metrics,
+        mempool=mempool,
+        workpool=workpool,
+        privval=privval,
+        wal=ConsensusLog(store),
+        retention=Retention(config.retain_steps),
+        hold=hold,
+        intake=intake,
+        duties=duties,
+        proposer=Proposer(
+            keypair=keypair,
+            chain=chain,
+            store=store,
+            mempool=mempool,
+            workpool=workpool,
+            busy=duties.pending,
+            runner=runner,
+            executor=executor,
+            timings=ProposerTimings(config.timeouts, config.partial_wait_ms, config.block_interval_ms),
+            wakeup=wakeup,
+        ),
+        checker=ProposalChecker(
+            keypair=keypair,
+            chain=chain,
+            workpool=workpool,
+            runner=runner,
+            executor=executor,
+            seams=seams,
+            hold=hold,
+            deliver=inbox.put_nowait,
+        ),
+        syncer=Syncer(chain, network, inbox.put_nowait),
+        handlers=PeerHandlers(
+            node_key=keypair.public_key,
+            chain=chain,
+            store=store,
+            seams=seams,
+            network=network,
+            privval=privval,
+            workpool=workpool,
+            intake=intake,
+            duties=duties,
+            to_inbox=inbox.put_nowait,
+        ),
+        tasks=tasks,
+        wakeup=wakeup,
+        inbox=inbox,
+        stop=stop,
+    )
+    return Node(config, keypair, genesis, parts)

@@ -1,0 +1,57 @@
+"""Taking in a transaction, from a client (RPC) or a peer (gossip).
+
+A transaction is checked against the committed state after its sender's
+pending ones (on the work queue: a job submission initialises its model),
+admitted to the mempool, gossiped on, and the proposer is woken.
+
+This module must never decide validity: ``consensus.transition`` does,
+through ``pools.check_transaction``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from consensus.crypto import Keypair
+from consensus.transition import BlockContext
+from consensus.types import Hash32, Height, SignedTransaction
+from consensus.work import WorkOracle
+from tdml_node.pools import Mempool, check_transaction, tx_hash
+from tdml_node.runtime.netlink import Network
+from tdml_node.runtime.views import ChainView
+from tdml_node.runtime.workqueue import PRIORITY_CONSENSUS, Worker
+
+
+class TransactionIntake:
+    def __init__(
+        self,
+        *,
+        keypair: Keypair,
+        chain: ChainView,
+        mempool: Mempool,
+        worker: Worker,
+        executor: WorkOracle,
+        network: Network,
+        wake: Callable[[], None],
+    ) -> None:
+        self.keypair = keypair
+        self.chain = chain
+        self.mempool = mempool
+        self.worker = worker
+        self.executor = executor
+        self.network = network
+        self._wake = wake
+
+    async def submit(self, signed: SignedTransaction, origin: bytes | None = None) -> Hash32:
+        """Check, admit and gossip a transaction; ``TxRejected`` (with its fault kind) when it cannot apply."""
+        digest = tx_hash(signed)
+        if digest in self.mempool:
+            return digest
+        state = self.chain.state
+        ctx = BlockContext(state.chain_id, Height(state.height + 1), state.tip_hash, self.keypair.public_key)
+        earlier = self.mempool.earlier_of(signed)
+        await self.worker.submit(PRIORITY_CONSENSUS, check_transaction, state, ctx, earlier, signed, self.executor)
+        self.mempool.admit(signed, state)
+        await self.network.broadcast(signed, exclude=origin)
+        self._wake()
+        return digest

@@ -1,0 +1,102 @@
+"""JSON views of blocks, jobs and step outcomes, as the RPC methods and notifications answer them.
+
+This module must never decide anything: it presents what it is given.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from consensus.transition import compute_block_hash
+from consensus.types import (
+    JOB_ACTIVE,
+    JOB_DONE,
+    ROLE_TRAINER,
+    ROLE_VALIDATOR,
+    Block,
+    CommitCertificate,
+    JobState,
+    StepOutcome,
+)
+from consensus.work import submission_id
+from tdml_node.jsonview import f32, hex0x, to_json
+from tdml_node.pools import tx_hash
+from tdml_node.runtime.views import CommittedBlock
+
+
+def block_view(block: Block, commit: CommitCertificate | None, full: bool) -> dict[str, Any]:
+    header = block.header
+    view: dict[str, Any] = {
+        "number": header.height,
+        "hash": hex0x(compute_block_hash(header)),
+        "header": to_json(header),
+    }
+    body = block.body
+    if full:
+        view["body"] = to_json(body)
+    else:
+        view["transactions"] = [hex0x(tx_hash(t)) for t in body.transactions]
+        view["submissions"] = [hex0x(submission_id(s.submission)) for s in body.submissions]
+        view["evidence"] = len(body.evidence)
+        view["outcomes"] = [outcome_view(o) for o in body.outcomes]
+    view["commit"] = to_json(commit) if commit is not None else None
+    return view
+
+
+def block_summary(committed: CommittedBlock) -> dict[str, Any]:
+    """A committed block in a notification: its number, hash, round, proposer and what it holds."""
+    block = committed.block
+    return {
+        "number": block.header.height,
+        "hash": hex0x(committed.block_hash),
+        "round": committed.commit.round,
+        "proposer": hex0x(block.header.proposer),
+        "transactions": len(block.body.transactions),
+        "submissions": len(block.body.submissions),
+        "evidence": len(block.body.evidence),
+        "outcomes": [outcome_view(o) for o in block.body.outcomes],
+    }
+
+
+def job_summary(job: JobState) -> dict[str, Any]:
+    return {
+        "id": hex0x(job.job_id),
+        "name": job.spec.name,
+        "status": status_name(job.status),
+        "step": job.step,
+        "steps": job.spec.steps,
+        "modelRoot": hex0x(job.model_root),
+    }
+
+
+def job_view(job: JobState, last_eval: StepOutcome | None) -> dict[str, Any]:
+    view = job_summary(job)
+    view.update(
+        submitter=hex0x(job.submitter),
+        createdHeight=job.created_height,
+        finishedHeight=job.finished_height if job.status == JOB_DONE else None,
+        escrow=job.escrow,
+        assignment=[hex0x(a) for a in job.assignment],
+        accepted=[hex0x(a) if a is not None else None for a in job.accepted],
+        lastOutcome=outcome_view(job.last_outcome) if job.last_outcome is not None else None,
+        lastEval=outcome_view(last_eval) if last_eval is not None else None,
+        spec=to_json(job.spec),
+    )
+    return view
+
+
+def outcome_view(o: StepOutcome) -> dict[str, Any]:
+    view: dict[str, Any] = to_json(o)
+    view["trainLossFloat"] = f32(o.train_loss)
+    if o.eval_total:
+        view["evalLossFloat"] = f32(o.eval_loss)
+        view["testAccuracy"] = o.eval_correct / o.eval_total
+    return view
+
+
+def status_name(code: int) -> str:
+    return {JOB_ACTIVE: "active", JOB_DONE: "done"}.get(code, "stalled")
+
+
+def role_names(bits: int) -> list[str]:
+    return [name for flag, name in ((ROLE_TRAINER, "trainer"), (ROLE_VALIDATOR, "validator")) if bits & flag]

@@ -1,0 +1,17 @@
+"""The node's storage: the LevelDB chain store, content-addressed blobs, and blob retention.
+
+- ``chainstore``: blocks, commits, ledger state, blobs, indexes and the
+  consensus write-ahead log in one LevelDB, written in synced batches;
+- ``blobs``: the blob-store interface the executor works against, and an
+  in-memory store for tests and the reference run;
+- ``retention``: which work blobs a node may delete as a job moves on.
+
+Nothing in this package interprets blocks beyond the fields it indexes, or
+decides protocol questions.
+"""
+
+from tdml_node.storage.blobs import BlobStore, MemoryBlobStore
+from tdml_node.storage.chainstore import ChainStore, StorageError, Tip
+from tdml_node.storage.retention import Retention
+
+__all__ = ["BlobStore", "ChainStore", "MemoryBlobStore", "Retention", "StorageError", "Tip"]
