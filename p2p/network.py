@@ -45,29 +45,18 @@ from p2p.gossip import SeenCache, message_id
 from p2p.handler import NetworkHandler, PeerId
 from p2p.link import REASON_SLOW, Disconnect, Link
 from p2p.messages import (
-    BlobChunk,
-    BlobRequest,
-    Blocks,
-    BlocksRequest,
     Gossip,
     GossipPayload,
-    NotFound,
     Peers,
     PeersRequest,
+    ResponseMessage,
     Status,
     WireMessage,
     encode_frame,
 )
-from p2p.peers import (
-    SOURCE_BOOTSTRAP,
-    SOURCE_HANDSHAKE,
-    SOURCE_PEX,
-    PeerBook,
-    format_addr,
-    is_dialable,
-)
+from p2p.peers import SOURCE_BOOTSTRAP, SOURCE_HANDSHAKE, SOURCE_PEX, PeerBook, is_dialable
 from p2p.requests import Requests
-from p2p.serving import Server
+from p2p.serving import ServedRequest, Server
 from p2p.session import (
     SEVERITY_MINOR,
     Closed,
@@ -118,12 +107,8 @@ class P2PNetwork:
             peers.host, peers.port, self._on_inbound,
             accept=self._accepting, heartbeat=cfg.heartbeat, close_timeout=cfg.close_timeout,
         )
-        self._dialer = Dialer(
-            heartbeat=cfg.heartbeat, close_timeout=cfg.close_timeout, connect_timeout=cfg.connect_timeout
-        )
-        self._requests = Requests(
-            self._penalize_link, request_timeout=cfg.request_timeout, max_blob_size=cfg.max_blob_size
-        )
+        self._dialer = Dialer(heartbeat=cfg.heartbeat, close_timeout=cfg.close_timeout, connect_timeout=cfg.connect_timeout)
+        self._requests = Requests(self._penalize_link, request_timeout=cfg.request_timeout, max_blob_size=cfg.max_blob_size)
         self._handler: NetworkHandler | None = None
         self._server: Server | None = None
         self._advertise = peers.advertise_addr or ""
@@ -147,10 +132,7 @@ class P2PNetwork:
             raise RuntimeError("the network is closed")
         self._handler = handler
         await self._listener.start()
-        if self.settings.advertise_addr is None:
-            # The bind address, when peers can dial it (not 0.0.0.0 or ::).
-            addr = format_addr(self.settings.host, self.port)
-            self._advertise = addr if is_dialable(addr) else ""
+        self._advertise = self.settings.get_advertise_addr(self.port)
         if self._advertise:
             self.book.add_own_address(self._advertise)
         self._server = Server(
@@ -489,12 +471,12 @@ class P2PNetwork:
         elif isinstance(msg, Peers):
             for addr in msg.addrs:
                 self.book.add_address(addr, SOURCE_PEX)
-        elif isinstance(msg, BlobRequest | BlocksRequest | PeersRequest):
+        elif isinstance(msg, ServedRequest):
             assert self._server is not None, "the server exists from start on"
             reply = self._server.answer(c, msg, self._now())
             if reply is not None:
                 c.send(reply)
-        elif isinstance(msg, Blocks | BlobChunk | NotFound):
+        elif isinstance(msg, ResponseMessage):
             self._requests.on_response(c, msg)
 
     async def _on_gossip(self, c: Link, payload: GossipPayload) -> None:

@@ -25,6 +25,8 @@ from p2p.peers import (
     DEFAULT_BACKOFF_MIN,
     DEFAULT_BAN_DURATION,
     DEFAULT_BAN_THRESHOLD,
+    format_addr,
+    is_dialable,
 )
 from p2p.session import RateLimit
 
@@ -54,6 +56,13 @@ class PeerSettings:
     def __post_init__(self) -> None:
         # A list from a config file is taken as the tuple it stands for.
         object.__setattr__(self, "bootstrap", tuple(self.bootstrap))
+
+    def get_advertise_addr(self, bound_port: int) -> str:
+        """The address peers are told to dial: ``advertise_addr``, else the bind address when dialable, else ""."""
+        if self.advertise_addr is not None:
+            return self.advertise_addr
+        addr = format_addr(self.host, bound_port)  # not when bound to every interface (0.0.0.0 or ::)
+        return addr if is_dialable(addr) else ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -429,8 +429,3 @@ async def test_the_network_starts_once_with_its_handler_and_async_with_only_clos
     with pytest.raises(RuntimeError, match="closed"):
         await never.start(handler)
 
-
-def test_peer_settings_take_a_bootstrap_list_as_a_tuple() -> None:
-    settings = PeerSettings(bootstrap=["127.0.0.1:1", "127.0.0.1:2"])  # type: ignore[arg-type]
-    assert settings.bootstrap == ("127.0.0.1:1", "127.0.0.1:2")
-    assert PeerSettings() == PeerSettings(host="127.0.0.1", port=0, bootstrap=(), max_peers=32, advertise_addr=None)
