@@ -79,6 +79,11 @@ def is_dialable(addr: str) -> bool:
     return parse_addr(addr) is not None
 
 
+def format_addr(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 host in brackets (the form ``parse_addr`` reads)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 @dataclass(slots=True)
 class AddressInfo:
     """What the book knows of one address (mutable bookkeeping, not a protocol value)."""

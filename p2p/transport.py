@@ -22,6 +22,7 @@ import aiohttp
 from aiohttp import web
 
 from p2p.messages import MAX_FRAME
+from p2p.peers import format_addr
 
 log = logging.getLogger("tdml.p2p.transport")
 
@@ -151,7 +152,7 @@ class Listener:
         )
         await ws.prepare(request)
         peer = request.transport.get_extra_info("peername") if request.transport else None
-        remote = _format_addr(peer) if peer else (request.remote or "?")
+        remote = format_addr(peer[0], peer[1]) if peer else (request.remote or "?")
         await self._on_connection(Connection(ws, remote, inbound=True))
         return ws
 
@@ -193,8 +194,3 @@ class Dialer:
         session, self._session = self._session, None
         if session is not None:
             await session.close()
-
-
-def _format_addr(peername: tuple[str, int] | tuple[str, int, int, int]) -> str:
-    host, port = peername[0], peername[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -3,7 +3,7 @@
 A session never raises on a frame: before the handshake it answers bad input
 with a ``Violation`` and closes; after it, it keeps answering each bad frame
 with a ``Violation`` whose severity the network charges to the peer's score
-(``P2PNetwork._on_violation`` passes ``event.severity`` to ``PeerBook.penalize``
+(``P2PNetwork`` passes ``event.severity`` to ``PeerBook.penalize``
 unchanged), so a peer that keeps doing it is banned.
 """
 
@@ -17,7 +17,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from consensus.types import PublicKey
-from p2p.network import NetworkConfig
 from p2p.peers import PeerBook
 from p2p.session import (
     SEVERITY_FATAL,
@@ -30,6 +29,7 @@ from p2p.session import (
     Session,
     Violation,
 )
+from p2p.settings import NetworkConfig
 
 from . import target_session as ts
 from .mutate import mutate

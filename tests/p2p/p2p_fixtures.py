@@ -31,8 +31,10 @@ from consensus.types import (
     Transfer,
     Vote,
 )
+from p2p.link import Link
 from p2p.messages import GossipPayload
 from p2p.session import RateLimit, Send, Session, SessionEvent
+from p2p.transport import Connection
 
 CHAIN_ID = "tdml-p2p-test"
 GENESIS = Hash32(hashlib.sha256(b"p2p test genesis").digest())
@@ -122,6 +124,49 @@ def established_wire(**kwargs: object) -> Wire:
     wire.open()
     assert wire.a.is_established and wire.b.is_established
     return wire
+
+
+# ---------------------------------------------------------------------------
+# Links over a stand-in connection
+
+
+class FakeConnection:
+    """A transport ``Connection`` stand-in: keeps what is sent; ``gate`` cleared makes sends hang."""
+
+    def __init__(self, remote: str = "127.0.0.1:30000") -> None:
+        self.remote = remote
+        self.inbound = False
+        self.sent: list[bytes] = []
+        self.closed = False
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def send(self, frame: bytes) -> None:
+        await self.gate.wait()
+        self.sent.append(frame)
+
+    async def receive(self) -> bytes | None:
+        return None
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def make_link(
+    peer_index: int = 2,
+    *,
+    established: bool = True,
+    dial_addr: str | None = None,
+    max_frames: int = 1024,
+    max_bytes: int = 1 << 26,
+    on_slow: Callable[[Link], None] = lambda link: None,
+) -> tuple[Link, Session]:
+    """A link (our side, key 1) to the peer ``peer_index`` over a ``FakeConnection``, and the peer's session."""
+    wire = Wire(make_session(1), make_session(peer_index))
+    if established:
+        wire.open()
+    conn: Connection = FakeConnection()  # type: ignore[assignment]
+    return Link(conn, wire.a, dial_addr, max_frames, max_bytes, on_slow, "us"), wire.b
 
 
 # ---------------------------------------------------------------------------

@@ -30,9 +30,10 @@ from p2p_fixtures import (
 from consensus.crypto import sha256
 from consensus.types import Hash32
 from p2p.messages import Goodbye, decode_frame
-from p2p.network import REASON_DUPLICATE, NetworkConfig, P2PNetwork
+from p2p.network import REASON_DUPLICATE, P2PNetwork
 from p2p.peers import SOURCE_BOOTSTRAP
 from p2p.session import Send, Session
+from p2p.settings import ChainIdentity, NetworkConfig, PeerSettings
 from p2p.transport import Connection, Dialer, TransportError
 
 pytestmark = pytest.mark.timeout(60)
@@ -50,6 +51,7 @@ FAST = NetworkConfig(
     backoff_min=0.05,
     backoff_max=0.3,
 )
+CHAIN = ChainIdentity(CHAIN_ID, GENESIS, VERSION)
 
 
 @dataclass
@@ -57,6 +59,7 @@ class Swarm:
     """The nodes of one test; every one of them is closed at the end."""
 
     nets: list[P2PNetwork] = field(default_factory=list)
+    handlers: dict[P2PNetwork, MemoryHandler] = field(default_factory=dict)
 
     async def add(
         self,
@@ -72,20 +75,18 @@ class Swarm:
         handler = handler or MemoryHandler()
         net = P2PNetwork(
             keypair(index),
-            chain_id,
-            GENESIS,
-            VERSION,
-            "127.0.0.1",
-            port,
-            handler,
-            bootstrap=bootstrap,
-            max_peers=max_peers,
-            config=config,
+            ChainIdentity(chain_id, GENESIS, VERSION),
+            PeerSettings(port=port, bootstrap=bootstrap, max_peers=max_peers),
+            config,
         )
         handler.network = net
         self.nets.append(net)
-        await net.start()
+        self.handlers[net] = handler
+        await net.start(handler)
         return net
+
+    def handler(self, net: P2PNetwork) -> MemoryHandler:
+        return self.handlers[net]
 
     async def aclose(self) -> None:
         for net in self.nets:
@@ -116,11 +117,6 @@ class CountingHandler(MemoryHandler):
         return super().get_blob(digest)
 
 
-def handler_of(net: P2PNetwork) -> MemoryHandler:
-    assert isinstance(net.handler, MemoryHandler)
-    return net.handler
-
-
 def connected(a: P2PNetwork, b: P2PNetwork) -> bool:
     return b.node_key in a.peer_ids() and a.node_key in b.peer_ids()
 
@@ -141,25 +137,26 @@ async def test_discovery_by_peer_exchange_and_gossip_seen_once(swarm: Swarm) -> 
 
     vote = signed_vote(7)
     await a.broadcast(vote)
-    await wait_until(lambda: bool(handler_of(b).received and handler_of(c).received), what="gossip to arrive")
+    await wait_until(lambda: bool(swarm.handler(b).received and swarm.handler(c).received), what="gossip to arrive")
     await asyncio.sleep(0.3)  # room for any duplicate relays to arrive (they must not)
-    assert handler_of(b).received == [(vote, a.node_key)]
-    assert [p for p, _ in handler_of(c).received] == [vote]
-    assert handler_of(a).received == []  # relays back to the origin are deduplicated
+    assert swarm.handler(b).received == [(vote, a.node_key)]
+    assert [p for p, _ in swarm.handler(c).received] == [vote]
+    assert swarm.handler(a).received == []  # relays back to the origin are deduplicated
 
     # A relay from C reaches A and B only if it is new.
     tx = signed_transfer(8)
     await c.broadcast(tx)
-    await wait_until(lambda: len(handler_of(a).received) == 1 and len(handler_of(b).received) == 2)
+    await wait_until(lambda: len(swarm.handler(a).received) == 1 and len(swarm.handler(b).received) == 2)
     await asyncio.sleep(0.2)
-    assert [p for p, _ in handler_of(a).received] == [tx]  # from C, or relayed by B: once either way
-    assert [p for p, _ in handler_of(b).received] == [vote, tx]
+    assert [p for p, _ in swarm.handler(a).received] == [tx]  # from C, or relayed by B: once either way
+    assert [p for p, _ in swarm.handler(b).received] == [vote, tx]
 
     peers = {p["node_id"]: p for p in b.peers()}
-    assert set(peers) == {a.node_key.hex(), c.node_key.hex()}
-    assert peers[a.node_key.hex()]["direction"] == "outbound"
-    assert peers[c.node_key.hex()]["direction"] == "inbound"
-    assert peers[a.node_key.hex()]["address"] == a.listen_addr
+    a_id, c_id = "0x" + a.node_key.hex(), "0x" + c.node_key.hex()
+    assert set(peers) == {a_id, c_id}
+    assert peers[a_id]["direction"] == "outbound"
+    assert peers[c_id]["direction"] == "inbound"
+    assert peers[a_id]["address"] == a.listen_addr
 
 
 async def test_broadcast_excludes_the_peer_a_message_came_from(swarm: Swarm) -> None:
@@ -169,10 +166,10 @@ async def test_broadcast_excludes_the_peer_a_message_came_from(swarm: Swarm) -> 
     await b.broadcast(signed_vote(1), exclude=a.node_key)
     await a.broadcast(signed_vote(2), exclude=b.node_key)
     await b.broadcast(signed_vote(3))
-    await wait_until(lambda: len(handler_of(a).received) == 1)
+    await wait_until(lambda: len(swarm.handler(a).received) == 1)
     await asyncio.sleep(0.1)
-    assert handler_of(a).received == [(signed_vote(3), b.node_key)]
-    assert handler_of(b).received == []
+    assert swarm.handler(a).received == [(signed_vote(3), b.node_key)]
+    assert swarm.handler(b).received == []
 
 
 async def test_duplicate_connections_keep_the_one_the_smaller_key_dialled(swarm: Swarm) -> None:
@@ -242,7 +239,7 @@ async def test_request_blocks_from_the_highest_peer(swarm: Swarm) -> None:
     assert await c.request_blocks(6, 10, timeout=5.0) == []
     assert await c.request_blocks(1, 0, timeout=5.0) == []
 
-    handler_of(tall).height = 9  # the next Status reports it
+    swarm.handler(tall).height = 9  # the next Status reports it
     await wait_until(lambda: c.best_peer_height() == 9)
     assert {p["height"] for p in c.peers()} == {9, 2}
 
@@ -372,12 +369,10 @@ async def test_a_silent_connection_times_out_in_the_handshake(swarm: Swarm) -> N
 
 async def test_aclose_leaves_no_tasks_behind() -> None:
     before = asyncio.all_tasks()
-    a = P2PNetwork(keypair(1), CHAIN_ID, GENESIS, VERSION, "127.0.0.1", 0, MemoryHandler(), config=FAST)
-    await a.start()
-    b = P2PNetwork(
-        keypair(2), CHAIN_ID, GENESIS, VERSION, "127.0.0.1", 0, MemoryHandler(), bootstrap=[a.listen_addr], config=FAST
-    )
-    async with b:
+    a = P2PNetwork(keypair(1), CHAIN, config=FAST)
+    await a.start(MemoryHandler())
+    async with P2PNetwork(keypair(2), CHAIN, PeerSettings(bootstrap=(a.listen_addr,)), FAST) as b:
+        await b.start(MemoryHandler())
         await wait_until(lambda: connected(a, b))
     await a.aclose()
     await a.aclose()  # closing twice is harmless
@@ -414,3 +409,23 @@ async def test_a_peer_that_does_not_answer_is_skipped_after_the_request_timeout(
         await conn.close()
     finally:
         await dialer.aclose()
+
+
+async def test_the_network_starts_once_with_its_handler_and_async_with_only_closes_it() -> None:
+    handler = MemoryHandler()
+    async with P2PNetwork(keypair(1), CHAIN, config=FAST) as net:
+        # Entering does not start it: nothing listens, and an address is only learnt.
+        assert net.port == 0 and net.listen_addr == ""
+        assert not net.connect("127.0.0.1:9")
+        assert net.book.get_address("127.0.0.1:9") is not None
+        await net.start(handler)
+        assert net.port != 0 and net.listen_addr == f"127.0.0.1:{net.port}"
+        with pytest.raises(RuntimeError, match="already started"):
+            await net.start(handler)
+    with pytest.raises(RuntimeError, match="already started"):
+        await net.start(handler)
+    never = P2PNetwork(keypair(2), CHAIN, config=FAST)
+    await never.aclose()  # closing a network that never started is harmless, and final
+    with pytest.raises(RuntimeError, match="closed"):
+        await never.start(handler)
+
