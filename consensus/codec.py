@@ -159,6 +159,11 @@ def tag_of(cls: type) -> int:
     return _TAG_OF[cls][0]
 
 
+def version_of(cls: type) -> int:
+    """The version a registered message is encoded with (the array's second item)."""
+    return _TAG_OF[cls][1]
+
+
 def registered_messages() -> dict[int, type]:
     return dict(_BY_TAG)
 

@@ -210,6 +210,11 @@ def registry_names() -> tuple[str, ...]:
     return tuple(sorted(_REGISTRY))
 
 
+def get_model_bounds(name: str) -> dict[str, tuple[int, int]]:
+    """A registered model's arguments with their inclusive bounds, by name (read by the doc generator)."""
+    return dict(sorted(_REGISTRY[name].bounds.items()))
+
+
 def model_args(spec: ModelSpec) -> dict[str, int]:
     """The spec's arguments by name (unvalidated)."""
     return {a.name: a.value for a in spec.args}
