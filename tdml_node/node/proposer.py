@@ -114,7 +114,7 @@ class Proposer:
             seen = self.wakeup.count
             waited_ms = (loop.time() - started) * 1000
             wait_ms = self.time_to_ready(waited_ms, round_)
-            if wait_ms <= 0:
+            if wait_ms < 1:  # a millisecond is as good as now, and float rounding never reaches 0
                 break
             await self.wakeup.wait(seen, None if wait_ms == float("inf") else wait_ms / 1000)
         state = self.chain.state

@@ -1,0 +1,88 @@
+"""Seeded simulations of real nodes (the shell's own code) on a simulated network and clock.
+
+Each seed fixes a whole run (see ``harness``): the validators, the network's
+faults before GST, crashes and restarts on the same store, Byzantine seams,
+and in the ``work`` families a training job from genesis.
+
+- ``TDML_SHELL_SIM_SEEDS=N``: sweep N seeds instead of the default;
+- ``TDML_SHELL_SIM_SEED=S``: replay seed S alone with a trace
+  (``pytest tests/tdml_node/sim -k replay -s``).
+
+A failure names its seed and scenario.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import pytest
+
+from consensus.types import SignedVote
+
+from .harness import FAMILIES, Crash, Simulation, SimulationFailure, make_scenario, run_seed
+
+DEFAULT_SEEDS = 160
+CHUNKS = 8
+SEEDS = int(os.environ.get("TDML_SHELL_SIM_SEEDS", DEFAULT_SEEDS))
+
+
+@pytest.mark.parametrize("chunk", range(CHUNKS))
+def test_seed_sweep(chunk: int) -> None:
+    failures: list[str] = []
+    for seed in range(chunk, SEEDS, CHUNKS):
+        try:
+            run_seed(seed)
+        except SimulationFailure as exc:
+            failures.append(str(exc))
+    assert not failures, f"{len(failures)} failing seed(s):\n" + "\n".join(failures)
+
+
+@pytest.mark.skipif("TDML_SHELL_SIM_SEED" not in os.environ, reason="set TDML_SHELL_SIM_SEED to replay one seed")
+def test_replay_seed() -> None:
+    scenario = make_scenario(int(os.environ["TDML_SHELL_SIM_SEED"]))
+    print(scenario.describe())
+    print(Simulation(scenario, trace=print).run())
+
+
+def test_every_family_is_swept() -> None:
+    assert {make_scenario(s).family for s in range(len(FAMILIES))} == set(FAMILIES)
+
+
+def test_a_seed_replays_exactly() -> None:
+    for seed in (3, 6, 13):
+        lines_a: list[str] = []
+        lines_b: list[str] = []
+        a = Simulation(make_scenario(seed), trace=lines_a.append).run()
+        b = Simulation(make_scenario(seed), trace=lines_b.append).run()
+        assert a == b and lines_a == lines_b
+
+
+def test_faults_stay_within_the_budget() -> None:
+    for seed in range(300):
+        sc = make_scenario(seed)
+        faulty = {i for i, _ in sc.byzantine} | {c.node for c in sc.crashes}
+        assert 3 * len(faulty) < sc.n, sc.describe()
+
+
+# ---------------------------------------------------------------------------
+# The harness must be able to fail.
+
+
+def test_a_halted_network_is_caught() -> None:
+    sc = make_scenario(0, "calm")
+    down = tuple(Crash(i, 100, 0, restart=False) for i in range(sc.n // 2 + 1))
+    sc = dataclasses.replace(sc, crashes=down, termination_ms=5_000)
+    with pytest.raises(SimulationFailure, match=r"seed 0: no termination"):
+        Simulation(sc).run()
+
+
+def test_double_signing_is_caught() -> None:
+    """An honest key's conflicting votes, once they appear on the wire, fail the run."""
+    sim = Simulation(make_scenario(2, "calm"))
+    sim.run()
+    first = next(m for _, m in sim.hub.signed if isinstance(m, SignedVote))
+    forged = dataclasses.replace(first.vote, block_hash=None if first.vote.block_hash else b"\x01" * 32)
+    sim.hub.signed.append((0, SignedVote(forged, first.signature)))
+    with pytest.raises(SimulationFailure, match=r"seed 2: double signing"):
+        sim._check()
