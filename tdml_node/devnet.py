@@ -139,9 +139,10 @@ class Devnet:
         for node in self.nodes:
             self.start(node)
 
-    def wait_ready(self, timeout: float = 90.0) -> None:
+    def wait_ready(self, timeout: float = 90.0, nodes: list[DevnetNode] | None = None) -> None:
+        """Wait until every node (default: all of them) answers ``/health``."""
         deadline = time.monotonic() + timeout
-        for node in self.nodes:
+        for node in self.nodes if nodes is None else nodes:
             while True:
                 if node.process is not None and node.process.poll() is not None:
                     raise DevnetError(f"node {node.index} exited with {node.process.returncode}:\n{self.log_tail(node)}")

@@ -14,14 +14,17 @@ judgement of evidence: it re-derives it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from consensus.codec import decode_as
-from consensus.crypto import DOMAIN_VOTE, address_of, verify_value
+from consensus.crypto import DOMAIN_VOTE, Keypair, address_of, verify_value
+from consensus.transition import compute_genesis_hash
 from consensus.types import (
     FAILURE_MALFORMED,
     FAILURE_PARENT,
@@ -37,11 +40,12 @@ from consensus.types import (
 )
 from consensus.work import make_job_view
 from tdml_node.client import NodeClient
-from tdml_node.devnet import Devnet, running_devnet, submit_job
+from tdml_node.devnet import Devnet, submit_job
 from tdml_node.storage import MemoryBlobStore
 from tdml_node.work.executor import TorchExecutor
 from tdml_node.work.jobs import get_job
 from tdml_node.work.reference import run_reference
+from tests.adversarial.rogue import RogueClient
 
 FAILURE_NAMES = {
     FAILURE_PARENT: "parent-state check",
@@ -60,8 +64,15 @@ class Scenario:
     nodes: int = 4
     checked_steps: int | None = None
     checkers_per_unit: int | None = None
-    passive: bool = False
-    """The misbehaving nodes are peers only (no stake, no roles), like an outsider attacking the network."""
+    rogue: str | None = None
+    """A rogue wire client (``rogue.py``) attacks the devnet: ``flood`` or ``malformed``."""
+    rogue_as: int | None = None
+    """The validator whose key the rogue client proves (its node is not started); None: a stranger's key."""
+
+    @property
+    def offenders(self) -> frozenset[int]:
+        """The indices of the devnet's misbehaving validators."""
+        return frozenset(self.behaviours) | ({self.rogue_as} if self.rogue_as is not None else set())
 
 
 @dataclass
@@ -109,22 +120,37 @@ def _job_for(s: Scenario) -> tuple[JobSpec, bytes]:
     return dataclasses.replace(spec, verification=policy), dataset
 
 
+@contextlib.contextmanager
+def _attacked_devnet(s: Scenario, devnet: Devnet) -> Iterator[RogueClient | None]:
+    """The devnet's nodes running (all but the one whose key the rogue client takes), and the rogue client."""
+    running = [n for n in devnet.nodes if n.index != s.rogue_as]
+    rogue: RogueClient | None = None
+    try:
+        for node in running:
+            devnet.start(node)
+        devnet.wait_ready(nodes=running)
+        if s.rogue is not None:
+            key = devnet.nodes[s.rogue_as].keypair if s.rogue_as is not None else Keypair.generate()
+            genesis_hash = compute_genesis_hash(devnet.genesis)
+            rogue = RogueClient(key, devnet.genesis.chain_id, genesis_hash, s.rogue)
+            rogue.start([f"127.0.0.1:{n.p2p_port}" for n in running])
+        yield rogue
+    finally:
+        if rogue is not None:
+            rogue.stop()
+        devnet.stop_all()
+
+
 def run_scenario(s: Scenario, base: Path, *, timeout: float = 600.0) -> ScenarioResult:
     spec, dataset = _job_for(s)
     started = time.monotonic()
-    devnet = Devnet.create(
-        base,
-        s.nodes,
-        byzantine=s.behaviours,
-        config_overrides={"retain_steps": 1_000_000},
-        passive=frozenset(s.behaviours) if s.passive else frozenset(),
-    )
-    byz_keys = {devnet.nodes[i].keypair.public_key for i in s.behaviours}
-    honest_nodes = [n for n in devnet.nodes if n.index not in s.behaviours]
+    devnet = Devnet.create(base, s.nodes, byzantine=s.behaviours, config_overrides={"retain_steps": 1_000_000})
+    byz_keys = {devnet.nodes[i].keypair.public_key for i in s.offenders}
+    honest_nodes = [n for n in devnet.nodes if n.index not in s.offenders]
     errors: list[str] = []
-    with running_devnet(devnet):
+    with _attacked_devnet(s, devnet) as rogue:
         client = honest_nodes[0].client()
-        for node in devnet.nodes[1:]:
+        for node in honest_nodes[1:]:
             node.client().put_blob(dataset)
         job_id = submit_job(client, devnet.client_key, devnet.genesis.chain_id, spec, dataset)
         view: dict[str, Any] | None = None
@@ -145,6 +171,9 @@ def run_scenario(s: Scenario, base: Path, *, timeout: float = 600.0) -> Scenario
             (int(_metric(devnet.nodes[i].client(), "tdml_byzantine_first_fault_height")) for i in s.behaviours),
             default=0,
         )
+        if rogue is not None:
+            faults += rogue.sent
+            byz_keys.add(rogue.keypair.public_key)
         ban_lists = [set(n.client().call("tdml_bannedPeers")) for n in honest_nodes]
         bans = set().union(*ban_lists)
         byz_ids = {"0x" + k.hex() for k in byz_keys}
@@ -154,9 +183,9 @@ def run_scenario(s: Scenario, base: Path, *, timeout: float = 600.0) -> Scenario
     byz_addr = {"0x" + address_of(k).hex() for k in byz_keys}
     evidence_heights = [h for h, _, _ in evidence]
     honest_accused = sum(1 for _, _, who in evidence if who not in byz_addr)
-    slashed = sum(1 for i in s.behaviours if records[i]["timesSlashed"] > 0)
-    banned = sum(1 for i in s.behaviours if "0x" + devnet.nodes[i].keypair.public_key.hex() in bans)
-    reassigned = sum(records[i]["unitsReassigned"] for i in s.behaviours)
+    slashed = sum(1 for i in s.offenders if records[i]["timesSlashed"] > 0)
+    banned = sum(1 for k in byz_keys if "0x" + k.hex() in bans)
+    reassigned = sum(records[i]["unitsReassigned"] for i in s.offenders)
     last_eval = (view or {}).get("lastEval") or {}
     reference = run_reference(spec, dataset).final_root
     return ScenarioResult(
@@ -176,7 +205,7 @@ def run_scenario(s: Scenario, base: Path, *, timeout: float = 600.0) -> Scenario
         job_done=bool(view and view["status"] == "done"),
         final_accuracy=last_eval.get("testAccuracy"),
         equals_reference=bool(view and view["modelRoot"] == "0x" + reference.hex()),
-        honest_units=sum(r["unitsVerified"] for i, r in records.items() if i not in s.behaviours),
+        honest_units=sum(r["unitsVerified"] for i, r in records.items() if i not in s.offenders),
         honest_accused=honest_accused + offenders_accused,
         seconds=round(seconds, 1),
         errors=errors,

@@ -1,7 +1,9 @@
 """The adversarial suite's scenarios: every Byzantine behaviour the node can play, one run each.
 
 Node 1 (and node 2 where two behaviours combine) misbehaves; the others are
-honest. Jobs are the presets, shortened; ``checked_steps`` and
+honest. Floods and malformed frames come from a rogue wire client
+(``rogue.py``) with a stranger's key, or with node 1's key while node 1 itself
+is not started. Jobs are the presets, shortened; ``checked_steps`` and
 ``checkers_per_unit`` override the job's verification policy where a
 scenario measures a policy.
 """
@@ -31,9 +33,9 @@ BYZANTINE: tuple[Scenario, ...] = (
     Scenario("approve-invalid validator + zero-result trainer", {1: "approve-invalid", 2: "zero"}, nodes=5),
     Scenario("false accusations against honest units", {1: "accuse"}),
     Scenario("equivocating validator", {1: "equivocate"}),
-    Scenario("message flood (an outside peer)", {4: "flood"}, nodes=5, passive=True),
-    Scenario("malformed frames (an outside peer)", {4: "malformed"}, nodes=5, passive=True),
-    Scenario("message flood (a validator)", {1: "flood"}),
+    Scenario("message flood (an outside peer)", {}, rogue="flood"),
+    Scenario("malformed frames (an outside peer)", {}, rogue="malformed"),
+    Scenario("message flood (a validator)", {}, rogue="flood", rogue_as=1),
 )
 
 CI_SUBSET = ("zero result", "false accusations against honest units", "equivocating validator")

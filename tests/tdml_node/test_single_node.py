@@ -3,8 +3,10 @@
 These tests start ``tdml-node run`` as separate processes on loopback with
 their own LevelDB. The crash test kills the process with SIGKILL at random
 moments (seeded; the seed is printed on failure) and checks that no
-committed block is lost and that the chain reaches exactly the block hashes
-of an uninterrupted run.
+committed block is lost or changed and that the job reaches exactly the
+model states of an uninterrupted run, step by step. Block hashes are not
+compared: which round decides a height, and so a header's round, depends on
+timing (``docs/decisions.md``, "What is deterministic").
 """
 
 from __future__ import annotations
@@ -78,11 +80,12 @@ def _genesis_job_devnet(base: Path, steps: int) -> tuple[Devnet, bytes]:
     return devnet, compute_job_id(tx.tx)
 
 
-def _hashes(client: NodeClient, upto: int) -> list[str]:
-    return [client.call("tdml_getBlockByNumber", h, False)["hash"] for h in range(1, upto + 1)]
+def _step_roots(client: NodeClient, job_id: str) -> list[str]:
+    """The job's model root after each step, in step order."""
+    return [str(o["model_root"]) for o in client.call("tdml_getJobHistory", job_id, 1000)]
 
 
-def test_kill_9_at_random_moments_loses_nothing_and_reaches_the_same_hashes(tmp_path: Path) -> None:
+def test_kill_9_at_random_moments_loses_nothing_and_reaches_the_same_model(tmp_path: Path) -> None:
     seed = int(os.environ.get("TDML_CRASH_SEED", random.randrange(1 << 30)))
     rng = random.Random(seed)
     steps = 200  # long enough (about 5 s of node time) for every kill to land before the job ends
@@ -94,7 +97,8 @@ def test_kill_9_at_random_moments_loses_nothing_and_reaches_the_same_hashes(tmp_
         client = devnet.nodes[0].client()
         done = _wait_job_done(client, "0x" + job_id.hex(), timeout=300)
         final_height = int(str(done["finishedHeight"]))
-        expected = _hashes(client, final_height)
+        expected = _step_roots(client, "0x" + job_id.hex())
+    assert len(expected) == steps
 
     # The same genesis, keys and datadir contents, on fresh ports.
     shutil.copytree(pristine, tmp_path / "b")
@@ -129,8 +133,12 @@ def test_kill_9_at_random_moments_loses_nothing_and_reaches_the_same_hashes(tmp_
                 got = client.call("tdml_getBlockByNumber", h, False)["hash"]
                 assert got == digest, f"seed {seed}: block {h} changed after a crash"
         client = node.client()
-        _wait_job_done(client, "0x" + job_id.hex(), timeout=300)
-        assert _hashes(client, final_height) == expected, f"seed {seed}: the chain diverged after crashes"
+        again = _wait_job_done(client, "0x" + job_id.hex(), timeout=300)
+        for h, digest in observed.items():
+            got = client.call("tdml_getBlockByNumber", h, False)["hash"]
+            assert got == digest, f"seed {seed}: block {h} changed after the crashes"
+        assert _step_roots(client, "0x" + job_id.hex()) == expected, f"seed {seed}: a step's model state differs"
+        assert again["modelRoot"] == done["modelRoot"], f"seed {seed}: the final model differs"
     finally:
         crashed.stop_all()
     assert kills >= 3, f"seed {seed}: only {kills} crashes happened before the job ended"
