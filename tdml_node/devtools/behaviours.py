@@ -19,7 +19,7 @@ Validators: ``lazy`` (passes units without replaying them), ``accuse``
 different votes per step and sends each to half its peers),
 ``approve-invalid`` (finds every proposal valid without checking it).
 Floods and malformed frames are played by a rogue wire client in the tests
-(``tests/adversarial/rogue.py``), not by a node.
+(``tests/adversarial/wire.py``), not by a node.
 
 This module must never be imported by an honest node's code path, nor be
 active on a production network: only ``devtools.wiring`` installs it, and

@@ -45,7 +45,7 @@ from tdml_node.storage import MemoryBlobStore
 from tdml_node.work.executor import TorchExecutor
 from tdml_node.work.jobs import get_job
 from tdml_node.work.reference import run_reference
-from tests.adversarial.rogue import RogueClient
+from tests.adversarial.wire import RogueClient
 
 FAILURE_NAMES = {
     FAILURE_PARENT: "parent-state check",
@@ -65,7 +65,7 @@ class Scenario:
     checked_steps: int | None = None
     checkers_per_unit: int | None = None
     rogue: str | None = None
-    """A rogue wire client (``rogue.py``) attacks the devnet: ``flood`` or ``malformed``."""
+    """A rogue wire client (``wire.py``) attacks the devnet: ``flood`` or ``malformed``."""
     rogue_as: int | None = None
     """The validator whose key the rogue client proves (its node is not started); None: a stranger's key."""
 
@@ -132,7 +132,7 @@ def _attacked_devnet(s: Scenario, devnet: Devnet) -> Iterator[RogueClient | None
         if s.rogue is not None:
             key = devnet.nodes[s.rogue_as].keypair if s.rogue_as is not None else Keypair.generate()
             genesis_hash = compute_genesis_hash(devnet.genesis)
-            rogue = RogueClient(key, devnet.genesis.chain_id, genesis_hash, s.rogue)
+            rogue = RogueClient(key, devnet.genesis.chain_id, genesis_hash, mode=s.rogue)
             rogue.start([f"127.0.0.1:{n.p2p_port}" for n in running])
         yield rogue
     finally:

@@ -2,7 +2,7 @@
 
 Node 1 (and node 2 where two behaviours combine) misbehaves; the others are
 honest. Floods and malformed frames come from a rogue wire client
-(``rogue.py``) with a stranger's key, or with node 1's key while node 1 itself
+(``wire.py``) with a stranger's key, or with node 1's key while node 1 itself
 is not started. Jobs are the presets, shortened; ``checked_steps`` and
 ``checkers_per_unit`` override the job's verification policy where a
 scenario measures a policy.

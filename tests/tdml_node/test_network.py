@@ -17,11 +17,15 @@ from typing import Any
 
 import pytest
 
+from consensus.crypto import DOMAIN_PROPOSAL, DOMAIN_VOTE, Keypair, verify_value
+from consensus.transition import compute_genesis_hash
+from consensus.types import SignedProposal, SignedVote
 from tdml_node.client import NodeClient
 from tdml_node.devnet import Devnet, DevnetNode, free_port, running_devnet, submit_job
 from tdml_node.keys import read_key_file
 from tdml_node.work.jobs import get_job
 from tdml_node.work.reference import run_reference
+from tests.adversarial.wire import WireObserver
 
 pytestmark = pytest.mark.slow
 
@@ -45,6 +49,17 @@ def _job_done(client: NodeClient, job_id: str) -> dict[str, Any] | None:
 
 def _hash_at(client: NodeClient, height: int) -> str:
     return str(client.call("tdml_getBlockByNumber", height, False)["hash"])
+
+
+def _signer(message: SignedProposal | SignedVote) -> bytes:
+    return message.proposal.proposer if isinstance(message, SignedProposal) else message.vote.validator
+
+
+def _signature_holds(message: SignedProposal | SignedVote, chain_id: str) -> bool:
+    if isinstance(message, SignedProposal):
+        p = message.proposal
+        return verify_value(p.proposer, DOMAIN_PROPOSAL, chain_id, p, message.signature)
+    return verify_value(message.vote.validator, DOMAIN_VOTE, chain_id, message.vote, message.signature)
 
 
 def _cli(*args: str) -> str:
@@ -113,10 +128,15 @@ def test_a_late_node_joins_syncs_registers_and_receives_work(tmp_path: Path) -> 
 
 
 def test_a_stopped_node_catches_up_and_a_killed_validator_never_double_signs(tmp_path: Path) -> None:
+    print(f"seed {SEED} (replay with TDML_NET_SEED={SEED})")
     rng = random.Random(SEED)
     spec, dataset = get_job("digits-mlp", steps=150)
     devnet = Devnet.create(tmp_path, 4)
+    observer = WireObserver(Keypair.generate(), devnet.genesis.chain_id, compute_genesis_hash(devnet.genesis))
     with running_devnet(devnet):
+        # A quiet peer of every node: every proposal and vote gossiped reaches it, so the
+        # signatures themselves can be checked, not only the absence of evidence.
+        observer.start([f"127.0.0.1:{n.p2p_port}" for n in devnet.nodes])
         client = devnet.nodes[0].client()
         job_id = submit_job(client, devnet.client_key, devnet.genesis.chain_id, spec, dataset)
         _wait(lambda: client.call("tdml_blockNumber") >= 10, 120, "the first blocks")
@@ -141,6 +161,13 @@ def test_a_stopped_node_catches_up_and_a_killed_validator_never_double_signs(tmp
         height = client.call("tdml_blockNumber")
         blocks = [client.call("tdml_getBlockByNumber", h, True) for h in range(1, height + 1)]
         records = [client.call("tdml_getTrainer", "0x" + n.keypair.address.hex()) for n in devnet.nodes]
+        observer.stop()
+    signed_by_victim = [m for m in observer.signed if _signer(m) == victim.keypair.public_key]
+    assert len(signed_by_victim) > 3 * 10, f"seed {SEED}: the observer saw too little of the victim's signing"
+    assert all(_signature_holds(m, devnet.genesis.chain_id) for m in observer.signed), f"seed {SEED}"
+    for node in devnet.nodes:
+        conflicts = observer.conflicting_signatures(node.keypair.public_key)
+        assert not conflicts, f"seed {SEED}: node {node.index} signed twice at {conflicts[:5]}"
     assert all(not b["body"]["evidence"] for b in blocks), f"seed {SEED}: evidence was committed"
     assert all(r["timesSlashed"] == 0 for r in records), f"seed {SEED}: a validator was slashed"
     assert view["modelRoot"] == "0x" + run_reference(spec, dataset).final_root.hex(), f"seed {SEED}"
