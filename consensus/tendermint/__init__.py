@@ -8,8 +8,8 @@
   and turns the machine's outputs into actions; the shell talks to it alone.
 
 Line numbers in comments (``# L22``) refer to Algorithm 1 of "The latest
-gossip on BFT consensus" (arXiv:1807.04938). The shell's duties are listed in
-``driver``.
+gossip on BFT consensus" (arXiv:1807.04938). The shell's duties are the
+docstrings of the actions in ``types``.
 
 This package must never perform I/O, read a clock, draw randomness or log.
 """

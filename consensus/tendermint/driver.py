@@ -1,41 +1,26 @@
 """The driver: one validator's (or observer's) Tendermint, fed the shell's inputs one at a time.
 
 ``TendermintCore.apply(event)`` takes one input (``types.Event``) and returns
-the actions the shell must carry out (``types.Action``). The core never
-signs, sends, sleeps or reads a clock. The shell's duties:
+the actions the shell must carry out (``types.Action``, whose docstrings are
+the shell's duties). Safety holds while less than a third of the power is
+Byzantine; an input that breaks a rule is answered with ``Rejected``, whose
+``FaultKind`` says what the sender did wrong, and changes nothing.
 
-- ``Broadcast(proposal or vote)``: sign it (persisting the last signed
-  height/round/step first, so a restart never signs twice), send it to the
-  peers and feed it back as ``ProposalReceived``/``VoteReceived``.
-- ``ScheduleTimeout``: start a timer and feed back ``TimeoutElapsed`` with the
-  same (height, round, step); stale ones are ignored here.
-- ``RequestValue``: build a block (``getValue()`` of the paper) and feed
-  ``ValueReady``.
-- ``RequestValidation``: run the block through the state transition and the
-  work checks (``valid(v)``) and feed ``ValidityResult``.
-- ``Decide``: commit the block and certificate, then feed ``StartHeight``
-  for the next height with its validator set.
+The layers, after Malachite: the driver checks every input (height and round
+windows here; signature, membership and proposer in ``checks``) and keeps the
+height's proposals and validity results; the vote keeper counts votes and
+reports each threshold once; the round machine (``machine.apply``, pure)
+holds the rules. After every input the driver offers the machine what now
+holds, in the paper's order of precedence (L49, L55, L22/L28, L36, L44, L34,
+L47), until the machine takes nothing. A threshold the keeper reported waits
+as "pending" until the machine takes it, and is gone once taken: that is the
+paper's "for the first time" of L34, L36 and L47. (Malachite instead asks the
+keeper again whenever the step changes; a pending set gives the same answers
+with one place to look.) Conditions about other rounds, L28's proof of lock in
+an earlier round and L49's precommits in any round, are asked of the keeper.
 
-Safety holds while less than a third of the power is Byzantine; an input that
-breaks a rule is answered with ``Rejected`` (whose ``FaultKind`` says what the
-sender did wrong) and changes nothing.
-
-The layers, after Malachite: the driver checks every input (signature,
-membership, proposer, height and round windows) and keeps the height's
-messages, the vote keeper counts votes and reports each threshold once, and
-the round machine (``machine.apply``, pure) holds the rules. After every
-input the driver offers the machine, in the paper's order of precedence
-(L49, L55, L22/L28, L36, L44, L34, L47), what now holds, and repeats until
-the machine takes nothing. Thresholds the keeper reported wait as "pending"
-until the machine takes them; a threshold taken is gone, which is the
-paper's "for the first time" of L34, L36 and L47. (Malachite re-asks the keeper
-whenever the step changes instead; a pending set gives the same answers
-with one place to look.) Conditions about other rounds, L28's proof of lock
-in an earlier round and L49's precommits in any round, are asked of the
-keeper directly.
-
-This module must never hold a rule of Algorithm 1 (that is ``machine``'s), nor
-sign, send, or read a clock.
+This module must never hold a rule of Algorithm 1 (those are ``machine``'s),
+nor sign, send, or read a clock.
 """
 
 from __future__ import annotations
@@ -43,9 +28,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from consensus import crypto
 from consensus.errors import FaultKind, InvariantViolation
 from consensus.tendermint import machine
+from consensus.tendermint.checks import check_proposal, check_vote
 from consensus.tendermint.state import RoundState
 from consensus.tendermint.types import (
     Action,
@@ -268,14 +253,9 @@ class TendermintCore:
             return
         if self._state.decision is not None or p.round > self._state.round + MAX_ROUND_AHEAD:
             return
-        if p.proposer != self._proposer_of(p.round):
-            out.append(Rejected(FaultKind.NOT_AUTHORISED, f"proposal for round {p.round} not from its proposer"))
-            return
-        if p.block.header.height != p.height or p.valid_round >= p.round:
-            out.append(Rejected(FaultKind.MALFORMED, "malformed proposal"))
-            return
-        if not crypto.verify_value(p.proposer, crypto.DOMAIN_PROPOSAL, self._chain_id, p, signed.signature):
-            out.append(Rejected(FaultKind.BAD_SIGNATURE, "bad proposal signature"))
+        rejected = check_proposal(self._chain_id, self._validators, signed)
+        if rejected is not None:
+            out.append(rejected)
             return
         book = self._book
         if p.round in book.proposals:
@@ -296,11 +276,9 @@ class TendermintCore:
             return
         if v.round > self._state.round + MAX_ROUND_AHEAD:
             return
-        if v.validator not in self._validators:
-            out.append(Rejected(FaultKind.NOT_AUTHORISED, "vote from a non-validator"))
-            return
-        if not crypto.verify_value(v.validator, crypto.DOMAIN_VOTE, self._chain_id, v, signed.signature):
-            out.append(Rejected(FaultKind.BAD_SIGNATURE, "bad vote signature"))
+        rejected = check_vote(self._chain_id, self._validators, signed)
+        if rejected is not None:
+            out.append(rejected)
             return
         outcome = self._book.keeper.apply_vote(signed)
         if outcome.evidence is not None:

@@ -1,5 +1,11 @@
 """The words the shell and the Tendermint core speak: steps, inputs, actions, timeouts.
 
+Each action's docstring is the shell's duty when it gets one. In short: sign
+and send what ``Broadcast`` carries and feed it back, turn ``ScheduleTimeout``
+into a timer that feeds ``TimeoutElapsed``, answer ``RequestValue`` and
+``RequestValidation`` with ``ValueReady`` and ``ValidityResult``, commit on
+``Decide`` and feed ``StartHeight`` for the next height.
+
 Everything here is a frozen value. ``Step`` is the one encoding of a round's
 step, used by the core, by the privval guard (a message is signed at the
 step ``Step.of_message`` names) and by the simulation; nobody spells a step
@@ -112,7 +118,10 @@ Event = StartHeight | ProposalReceived | VoteReceived | ValueReady | ValidityRes
 
 @dataclass(frozen=True, slots=True)
 class Broadcast:
-    """Sign (persisting the privval record first), send to the peers, and feed back as received."""
+    """Sign ``message``, send it to the peers and feed it back as received.
+
+    The privval's record goes to disk before the signature leaves, so a restart never signs twice.
+    """
 
     message: Proposal | Vote
 

@@ -1,7 +1,7 @@
 """A deterministic simulation of a Tendermint network, driven by one seed.
 
 Every validator is a ``TendermintCore`` in this process. The harness plays the
-shell's part for all of them (see the duties listed in ``consensus.tendermint``):
+shell's part for all of them (see the duties in ``consensus.tendermint.types``):
 it signs broadcasts with real Ed25519 keys through a per-node privval guard,
 carries messages over a simulated network, turns ``ScheduleTimeout`` into
 timer events on a simulated clock, answers ``RequestValue`` and
