@@ -19,7 +19,7 @@ from consensus_fixtures import CHAIN_ID, validator_set
 
 from consensus import crypto
 from consensus.crypto import Keypair
-from consensus.errors import FaultKind
+from consensus.errors import FaultKind, InvariantViolation
 from consensus.tendermint import (
     MAX_ROUND_AHEAD,
     MAX_VOTES_PER_SIGNER,
@@ -41,6 +41,7 @@ from consensus.tendermint import (
     ValidityResult,
     ValueReady,
     VoteReceived,
+    machine,
 )
 from consensus.transition import compute_block_hash, compute_body_hash, validate_commit
 from consensus.types import (
@@ -621,6 +622,17 @@ def test_bad_input_is_rejected_and_changes_nothing(case: int) -> None:
     assert len(out) == 1 and isinstance(out[0], Rejected), out
     assert out[0].kind is kind
     assert net.core.snapshot() == before
+
+
+def test_rules_that_never_settle_halt_the_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rule firing forever is our bug, not a peer's: the core stops rather than sign on."""
+    net = net_where_proposer_is_not_me()
+    net.start()
+    block = make_block(1, 0, net.keys[net.proposer(1, 0)].public_key)
+    net.apply(ProposalReceived(net.proposal(1, 0, block)))
+    monkeypatch.setattr(machine, "apply", lambda state, input_: machine.Transition(state))
+    with pytest.raises(InvariantViolation, match="did not settle"):
+        net.apply(ValidityResult(Height(1), block_id(block), True))
 
 
 def test_second_proposal_of_a_round_is_ignored() -> None:
