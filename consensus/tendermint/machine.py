@@ -202,6 +202,8 @@ Output = Propose | GetValue | Prevote | Precommit | StartTimer | StartRound | De
 
 @dataclass(frozen=True, slots=True)
 class Transition:
+    """The next state and what to do, in order; a named result rather than a tuple."""
+
     state: RoundState
     outputs: tuple[Output, ...] = ()
     applied: bool = True  # False only from the no-op arm: no rule takes the input in this state

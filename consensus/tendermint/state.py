@@ -22,6 +22,8 @@ NO_ROUND = -1
 
 @dataclass(frozen=True, slots=True)
 class RoundState:
+    """Where one validator stands in a height; the paper's names in the comments."""
+
     height: Height  # h_p
     # round_p. -1 only in a height's state before L10 starts round 0, so that
     # starting round 0 is a round change like every later one (``NewRound``).
