@@ -1,7 +1,7 @@
 """A deterministic simulation of a Tendermint network, driven by one seed.
 
 Every validator is a ``TendermintCore`` in this process. The harness plays the
-shell's part for all of them (see the duties listed in ``consensus.tendermint``):
+shell's part for all of them (see the duties in ``consensus.tendermint.types``):
 it signs broadcasts with real Ed25519 keys through a per-node privval guard,
 carries messages over a simulated network, turns ``ScheduleTimeout`` into
 timer events on a simulated clock, answers ``RequestValue`` and
@@ -76,9 +76,6 @@ from typing import Any
 from consensus import crypto
 from consensus.crypto import Keypair
 from consensus.tendermint import (
-    STEP_PRECOMMIT,
-    STEP_PREVOTE,
-    STEP_PROPOSE,
     Action,
     Broadcast,
     Decide,
@@ -90,6 +87,7 @@ from consensus.tendermint import (
     RequestValue,
     ScheduleTimeout,
     StartHeight,
+    Step,
     TendermintCore,
     TimeoutConfig,
     TimeoutElapsed,
@@ -144,9 +142,6 @@ BYZANTINE_STRATEGIES = ("equivocate", "split", "split", "invalid", "silent", "ra
 - random: a different vote to each peer, sometimes for a later round;
 - fake_valid_round: re-proposes a block it saw with a made-up valid round (L28's proof of lock).
 """
-
-_PRIVVAL_STEP = {PREVOTE: STEP_PREVOTE, PRECOMMIT: STEP_PRECOMMIT}
-
 
 def short(message: object) -> str:
     """A one-line description of a proposal or vote for failure messages and traces."""
@@ -357,10 +352,7 @@ class PrivVal:
     wal: list[Signed] = field(default_factory=list)
 
     def sign(self, message: Proposal | Vote) -> Signed | None:
-        if isinstance(message, Proposal):
-            here = (message.height, message.round, STEP_PROPOSE)
-        else:
-            here = (message.height, message.round, _PRIVVAL_STEP[message.kind])
+        here = (message.height, message.round, Step.of_message(message))
         if self.last is not None:
             if here < self.last or (here == self.last and message != self.last_message):
                 self.refusals += 1
@@ -548,7 +540,7 @@ class Simulation:
         self.stats.end_ms = self.now
         lagging = [(n.index, len(n.chain)) for n in honest if len(n.chain) < sc.target_height]
         if lagging:
-            rounds = {n.index: (n.core.height, n.core.round, n.core.step) for n in honest}
+            rounds = {n.index: (n.core.height, n.core.round, n.core.step.label) for n in honest}
             raise self.fail(f"no termination: (node, decided heights) {lagging}; (height, round, step) {rounds}")
         return self.stats
 
@@ -772,8 +764,7 @@ class Simulation:
                 self._send(node, peer.index, env)
 
     def _record_signature(self, node: SimNode, message: Proposal | Vote) -> None:
-        step = STEP_PROPOSE if isinstance(message, Proposal) else _PRIVVAL_STEP[message.kind]
-        key = (node.index, message.height, message.round, step)
+        key = (node.index, message.height, message.round, Step.of_message(message))
         prior = self.signed_by_honest.setdefault(key, message)
         if prior != message:
             raise self.fail(f"honest n{node.index} signed two different messages at {key[1:]}: {short(prior)} / {short(message)}")
@@ -848,7 +839,7 @@ class Simulation:
         signed = env.signed
         event: Event = ProposalReceived(signed) if isinstance(signed, SignedProposal) else VoteReceived(signed)
         actions = self._apply(node, event)
-        rejected = [a.reason for a in actions if isinstance(a, Rejected)]
+        rejected = [f"{a.kind.value}: {a.reason}" for a in actions if isinstance(a, Rejected)]
         if rejected and self.nodes[env.sender].honest:
             raise self.fail(f"n{node.index} rejected honest n{env.sender}'s message: {rejected}")
         if not rejected:
@@ -970,7 +961,7 @@ class Simulation:
 
     def _split_vote(self, node: SimNode, peers: list[int], message: Vote) -> None:
         group = self._group(node, message.height, peers)
-        proposal = node.core.proposals.get(message.round)
+        proposal = node.core.get_proposal(message.round)
         target = compute_block_hash(proposal.proposal.block.header) if proposal else message.block_hash
         if target is None:
             self._sign_and_send(node, peers, message, self_too=True)
