@@ -39,22 +39,11 @@ from consensus.tendermint.types import (
 )
 from consensus.tendermint.votekeeper import MAX_VOTES_PER_SIGNER, VoteKeeper
 
-# Compatibility names for the shell, which still spells steps this way; new
-# code uses ``Step`` (``Step.PROPOSE``, ``step.label``).
-STEP_PROPOSE = Step.PROPOSE
-STEP_PREVOTE = Step.PREVOTE
-STEP_PRECOMMIT = Step.PRECOMMIT
-STEP_NAMES = {step: step.label for step in Step}
-
 __all__ = [
     "MAX_BUFFERED",
     "MAX_ROUND_AHEAD",
     "MAX_VOTES_PER_SIGNER",
     "NO_ROUND",
-    "STEP_NAMES",
-    "STEP_PRECOMMIT",
-    "STEP_PREVOTE",
-    "STEP_PROPOSE",
     "Action",
     "Broadcast",
     "Decide",

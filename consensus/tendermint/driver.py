@@ -218,8 +218,11 @@ class TendermintCore:
             case ValueReady():
                 self._on_value(event, out)
             case ValidityResult(height=h, block_hash=block_hash, valid=valid):
+                # The first answer for a block stands: a restarted node's log
+                # replays the answer its rules already acted on, and a second
+                # check of the same block (started by the replay) must not undo it.
                 if h == self._state.height:
-                    self._book.validity[block_hash] = valid
+                    self._book.validity.setdefault(block_hash, valid)
             case TimeoutElapsed():
                 self._on_timeout(event, out)
         if self._started and self._state.decision is None:

@@ -35,9 +35,6 @@ from consensus import crypto
 from consensus.errors import LocalFault, ProtocolError
 from consensus.state import LedgerState
 from consensus.tendermint import (
-    STEP_NAMES,
-    STEP_PRECOMMIT,
-    STEP_PROPOSE,
     Action,
     Broadcast,
     Decide,
@@ -48,6 +45,7 @@ from consensus.tendermint import (
     RequestValue,
     ScheduleTimeout,
     StartHeight,
+    Step,
     TendermintCore,
     TimeoutElapsed,
     ValidityResult,
@@ -331,10 +329,10 @@ class Node:
         if (
             isinstance(event, TimeoutElapsed)
             and (event.height, event.round) == (core.height, core.round)
-            and event.step in (core.step, STEP_PRECOMMIT)
+            and event.step in (core.step, Step.PRECOMMIT)
         ):
             # A timeout that moves consensus on means a slow proposer, slow validation or lost votes.
-            log.info("timed out height=%d round=%d step=%s", event.height, event.round, STEP_NAMES[event.step])
+            log.info("timed out height=%d round=%d step=%s", event.height, event.round, event.step.label)
         position = (core.height, core.round)
         actions = core.apply(event)
         for action in actions:
@@ -366,7 +364,7 @@ class Node:
         if not hold.hold(event):
             return False
         if first:
-            delay = self.config.timeouts.duration(STEP_PROPOSE, event.round) / 1000
+            delay = self.config.timeouts.duration(Step.PROPOSE, event.round) / 1000
             self._timers.append(asyncio.get_running_loop().call_later(delay, self._release_timeout, key))
         return True
 

@@ -21,9 +21,8 @@ from __future__ import annotations
 from consensus.codec import decode_as, encode
 from consensus.crypto import DOMAIN_PROPOSAL, DOMAIN_VOTE, Keypair, sha256
 from consensus.errors import LocalFault
+from consensus.tendermint import Step
 from consensus.types import (
-    PRECOMMIT,
-    PREVOTE,
     Proposal,
     Signature,
     SignedProposal,
@@ -32,7 +31,6 @@ from consensus.types import (
 )
 from tdml_node.storage import ChainStore
 
-STEP_OF_PROPOSAL = 0
 _LAST = b"privval"
 _RECORD = b"pv/"
 
@@ -58,11 +56,10 @@ class PrivValidator:
         return int.from_bytes(raw[0:8], "big"), int.from_bytes(raw[8:12], "big"), raw[12]
 
     def sign_proposal(self, proposal: Proposal) -> Signature:
-        return self._sign(DOMAIN_PROPOSAL, proposal.height, proposal.round, STEP_OF_PROPOSAL, encode(proposal))
+        return self._sign(DOMAIN_PROPOSAL, proposal.height, proposal.round, Step.of_message(proposal), encode(proposal))
 
     def sign_vote(self, vote: Vote) -> Signature:
-        step = {PREVOTE: 1, PRECOMMIT: 2}[vote.kind]
-        return self._sign(DOMAIN_VOTE, vote.height, vote.round, step, encode(vote))
+        return self._sign(DOMAIN_VOTE, vote.height, vote.round, Step.of_message(vote), encode(vote))
 
     def replay(self, height: int) -> list[SignedProposal | SignedVote]:
         """Everything this validator signed at ``height``, in signing order."""
@@ -71,13 +68,13 @@ class PrivValidator:
         for key, raw in self._store.iter_meta(prefix):
             step = key[-1]
             signature, payload = Signature(raw[32:96]), raw[96:]
-            if step == STEP_OF_PROPOSAL:
+            if step == Step.PROPOSE:
                 out.append(SignedProposal(decode_as(payload, Proposal), signature))
             else:
                 out.append(SignedVote(decode_as(payload, Vote), signature))
         return out
 
-    def _sign(self, domain: bytes, height: int, round_: int, step: int, payload: bytes) -> Signature:
+    def _sign(self, domain: bytes, height: int, round_: int, step: Step, payload: bytes) -> Signature:
         here = _position(height, round_, step)
         digest = sha256(payload)
         earlier = self._store.get_meta(_RECORD + here)

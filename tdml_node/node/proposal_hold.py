@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import collections
 
-from consensus.tendermint import STEP_PROPOSE, TimeoutElapsed
+from consensus.tendermint import Step, TimeoutElapsed
 
 RoundKey = tuple[int, int]
 
@@ -45,7 +45,7 @@ class ProposalHold:
         for it when ``is_held`` was False before this call.
         """
         key = (event.height, event.round)
-        if event.step != STEP_PROPOSE or not self._checks[key] or key in self._released:
+        if event.step != Step.PROPOSE or not self._checks[key] or key in self._released:
             return False
         self._held.setdefault(key, event)
         return True

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from consensus.crypto import Keypair
 from consensus.errors import InvariantViolation
 from consensus.state import LedgerState
-from consensus.tendermint import STEP_PROPOSE, TimeoutConfig
+from consensus.tendermint import Step, TimeoutConfig
 from consensus.transition import (
     BlockContext,
     BlockResult,
@@ -143,7 +143,7 @@ class Proposer:
         deadlines: list[float] = []
         if len(self.chain.validators()) > 1:
             busy_ms = self.runner.longest_recent_seconds() * 1000
-            patience = timings.timeouts.duration(STEP_PROPOSE, round_) - PROPOSE_MARGIN_MS - busy_ms
+            patience = timings.timeouts.duration(Step.PROPOSE, round_) - PROPOSE_MARGIN_MS - busy_ms
             deadlines.append(patience)
         if len(self.mempool) or self.workpool.pending_evidence(state):
             return 0.0

@@ -27,6 +27,7 @@ from consensus.codec import IntRange, decode, encode, message
 from consensus.tendermint import (
     Event,
     ProposalReceived,
+    Step,
     TimeoutElapsed,
     ValidityResult,
     ValueReady,
@@ -90,7 +91,7 @@ def to_event(record: WalRecord) -> Event:
     if isinstance(record, SignedVote):
         return VoteReceived(record)
     if isinstance(record, WalTimeout):
-        return TimeoutElapsed(record.height, record.round, record.step)
+        return TimeoutElapsed(record.height, record.round, Step(record.step))
     if isinstance(record, WalValidity):
         return ValidityResult(record.height, record.block_hash, record.valid)
     return ValueReady(record.height, record.round, record.block)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from consensus.tendermint import STEP_PRECOMMIT, STEP_PREVOTE, STEP_PROPOSE, TimeoutElapsed
+from consensus.tendermint import Step, TimeoutElapsed
 from consensus.types import Height, Round
 from tdml_node.node.proposal_hold import ProposalHold
 
 
-def _timeout(height: int, round_: int, step: int = STEP_PROPOSE) -> TimeoutElapsed:
+def _timeout(height: int, round_: int, step: Step = Step.PROPOSE) -> TimeoutElapsed:
     return TimeoutElapsed(Height(height), Round(round_), step)
 
 
@@ -29,8 +29,8 @@ def test_a_propose_timeout_waits_for_the_check_and_comes_back_when_it_ends() -> 
 def test_only_the_propose_step_of_the_checked_round_is_held() -> None:
     hold = ProposalHold()
     hold.check_started(5, 1)
-    assert not hold.hold(_timeout(5, 1, STEP_PREVOTE))
-    assert not hold.hold(_timeout(5, 1, STEP_PRECOMMIT))
+    assert not hold.hold(_timeout(5, 1, Step.PREVOTE))
+    assert not hold.hold(_timeout(5, 1, Step.PRECOMMIT))
     assert not hold.hold(_timeout(5, 0))
     assert not hold.hold(_timeout(6, 1))
     assert hold.check_ended(5, 1) is None
