@@ -18,6 +18,9 @@ This module must never sign anything but proposals and votes.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from typing import Protocol
+
 from consensus.codec import decode_as, encode
 from consensus.crypto import DOMAIN_PROPOSAL, DOMAIN_VOTE, Keypair, sha256
 from consensus.errors import LocalFault
@@ -29,10 +32,19 @@ from consensus.types import (
     SignedVote,
     Vote,
 )
-from tdml_node.storage import ChainStore
 
 _LAST = b"privval"
 _RECORD = b"pv/"
+
+
+class RecordStore(Protocol):
+    """Where the records live: the chain store's metadata entries (or, in a simulation, memory)."""
+
+    def get_meta(self, name: bytes) -> bytes | None: ...
+
+    def write_meta_synced(self, values: dict[bytes, bytes], delete: Iterable[bytes] = ()) -> None: ...
+
+    def iter_meta(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]: ...
 
 
 class DoubleSignRefused(LocalFault):
@@ -44,7 +56,7 @@ def _position(height: int, round_: int, step: int) -> bytes:
 
 
 class PrivValidator:
-    def __init__(self, store: ChainStore, keypair: Keypair, chain_id: str) -> None:
+    def __init__(self, store: RecordStore, keypair: Keypair, chain_id: str) -> None:
         self._store = store
         self.keypair = keypair
         self.chain_id = chain_id

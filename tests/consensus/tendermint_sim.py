@@ -2,7 +2,8 @@
 
 Every validator is a ``TendermintCore`` in this process. The harness plays the
 shell's part for all of them (see the duties in ``consensus.tendermint.types``):
-it signs broadcasts with real Ed25519 keys through a per-node privval guard,
+it signs broadcasts with real Ed25519 keys through the node's own privval guard
+(``tdml_node.node.privval``, its records kept in memory),
 carries messages over a simulated network, turns ``ScheduleTimeout`` into
 timer events on a simulated clock, answers ``RequestValue`` and
 ``RequestValidation``, and feeds ``StartHeight`` after each ``Decide``.
@@ -68,7 +69,7 @@ import dataclasses
 import heapq
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -117,6 +118,7 @@ from consensus.types import (
     Vote,
 )
 from consensus.validators import ValidatorSet
+from tdml_node.node.privval import DoubleSignRefused, PrivValidator
 
 Signed = SignedProposal | SignedVote
 
@@ -330,45 +332,53 @@ def make_scenario(seed: int, family: str | None = None) -> Scenario:
 
 
 # ---------------------------------------------------------------------------
-# The privval guard, as the node's ``tdml_node.privval`` behaves
+# The privval guard: the node's own (``tdml_node.node.privval``), its records in memory
+
+
+class MemoryRecords:
+    """The privval's records as the chain store's metadata holds them, in memory; they survive a crash."""
+
+    def __init__(self) -> None:
+        self._meta: dict[bytes, bytes] = {}
+
+    def get_meta(self, name: bytes) -> bytes | None:
+        return self._meta.get(name)
+
+    def write_meta_synced(self, values: dict[bytes, bytes], delete: Iterable[bytes] = ()) -> None:
+        for name in delete:
+            self._meta.pop(name, None)
+        self._meta.update(values)
+
+    def iter_meta(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        for name in sorted(self._meta):
+            if name.startswith(prefix):
+                yield name, self._meta[name]
 
 
 @dataclass
 class PrivVal:
-    """Refuses to sign at an earlier (height, round, step), or other bytes at the same one.
-
-    Survives a crash, like the real one, which persists its record before a
-    signature leaves the node.
-    """
+    """The node's double-sign guard over in-memory records; a refusal is counted and answered with None."""
 
     keypair: Keypair
     chain_id: str
-    last: tuple[int, int, int] | None = None
-    last_message: Proposal | Vote | None = None
-    last_signed: Signed | None = None
     refusals: int = 0
-    # The write-ahead log's part that matters here: every message signed at the
-    # latest height, replayed after a restart (see ``Simulation._restart``).
-    wal: list[Signed] = field(default_factory=list)
+    guard: PrivValidator = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.guard = PrivValidator(MemoryRecords(), self.keypair, self.chain_id)
 
     def sign(self, message: Proposal | Vote) -> Signed | None:
-        here = (message.height, message.round, Step.of_message(message))
-        if self.last is not None:
-            if here < self.last or (here == self.last and message != self.last_message):
-                self.refusals += 1
-                return None
-            if here == self.last:
-                return self.last_signed  # a restarted node re-sending its own vote
-        signed: Signed
-        if isinstance(message, Proposal):
-            signed = SignedProposal(message, self.keypair.sign_value(crypto.DOMAIN_PROPOSAL, self.chain_id, message))
-        else:
-            signed = SignedVote(message, self.keypair.sign_value(crypto.DOMAIN_VOTE, self.chain_id, message))
-        if self.last is None or here[0] != self.last[0]:
-            self.wal = []
-        self.wal.append(signed)
-        self.last, self.last_message, self.last_signed = here, message, signed
-        return signed
+        try:
+            if isinstance(message, Proposal):
+                return SignedProposal(message, self.guard.sign_proposal(message))
+            return SignedVote(message, self.guard.sign_vote(message))
+        except DoubleSignRefused:
+            self.refusals += 1
+            return None
+
+    def signed_at(self, height: int) -> list[Signed]:
+        """Everything signed at ``height``: what a restarted node re-sends (the records double as the WAL)."""
+        return self.guard.replay(height)
 
 
 # ---------------------------------------------------------------------------
@@ -604,9 +614,7 @@ class Simulation:
         # them and nothing says which round to skip to (L55): the chain
         # deadlocks. Re-sending only the last signed message is not enough (the
         # prevote before a precommit is lost the same way).
-        for signed in node.privval.wal:
-            if _height_of(signed) != node.next_height:
-                continue
+        for signed in node.privval.signed_at(node.next_height):
             env = self._envelope(signed, node.index)
             node.log.setdefault(env.height, {})[env.id] = env
             self._push(self.now, _DELIVER, (node.index, env))
