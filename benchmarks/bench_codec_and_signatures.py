@@ -80,11 +80,10 @@ def w_model_state() -> bytes:
     """The bundle of W's model state after one step: parameters and SGD momentum buffers."""
     spec, dataset = get_job("digits-mlp", steps=1)
     executor = executor_for(dataset)
-    keypair = crypto.Keypair.from_seed(bytes(32))
     root = executor.initial_model_root(spec)
-    job = job_state(spec, root, 0, keypair.address)
+    job = job_state(spec, root, 0)
     results = tuple(executor.train_unit(job, k).result_digest for k in range(spec.shards))
-    new_root = executor.step_outcome(job, results)[0]
+    new_root = executor.step_outcome(job, results).model_root
     data = executor.blobs.get(new_root)
     if data is None:
         raise RuntimeError("the executor did not store the new model state")

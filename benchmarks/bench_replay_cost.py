@@ -78,7 +78,7 @@ def measure_job(spec: JobSpec, dataset: bytes, units: int) -> tuple[float, float
     root: Hash32 = executor.initial_model_root(spec)
     h = spec.inner_steps
 
-    jobs = [job_state(spec, root, i, trainer.address) for i in range(units)]
+    jobs = [job_state(spec, root, i) for i in range(units)]
     # An untimed pass first: loads the dataset, builds the model and computes the
     # sample permutations of the epochs these steps read, so both timed passes
     # below find the same warm caches.

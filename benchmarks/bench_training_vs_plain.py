@@ -274,7 +274,7 @@ def run_executor(spec: JobSpec, dataset: bytes) -> ExecutorRun:
     train = replay = aggregate = wall = 0.0
     accuracy: float | None = None
     for t in range(spec.steps):
-        job = job_state(spec, root, t, keypair.address)
+        job = job_state(spec, root, t)
         results = []
         for k in range(spec.shards):
             w0, c0 = time.perf_counter(), time.process_time()
@@ -298,7 +298,8 @@ def run_executor(spec: JobSpec, dataset: bytes) -> ExecutorRun:
             check_unit(executor, job, sub, steps)
             replay += time.process_time() - c0
         w0, c0 = time.perf_counter(), time.process_time()
-        root, _loss, _eval_loss, correct, total = executor.step_outcome(job, tuple(results))
+        result = executor.step_outcome(job, tuple(results))
+        root, correct, total = result.model_root, result.eval_correct, result.eval_total
         aggregate += time.process_time() - c0
         wall += time.perf_counter() - w0
         if total:

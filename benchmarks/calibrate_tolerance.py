@@ -163,7 +163,7 @@ def honest_run(spec: JobSpec, dataset: bytes, units: int, trainer_profile: Execu
     run.roots.append(run.validator.initial_model_root(spec))
     k = spec.shards
     for t in range(math.ceil(units / k)):
-        job = job_state(spec, run.roots[-1], t, TRAINER_KEY.address)
+        job = job_state(spec, run.roots[-1], t)
         trained = [run.trainer.train_unit(job, shard) for shard in range(k)]
         for shard, u in enumerate(trained):
             if len(run.units) == units:
@@ -181,7 +181,7 @@ def honest_run(spec: JobSpec, dataset: bytes, units: int, trainer_profile: Execu
             if spec.inner_steps > 1 and run.validator.check_result(job, sub) != FAILURE_NONE:
                 run.result_check_failures += 1
         # The chain aggregates the trainer's results under the job's profile.
-        run.roots.append(run.validator.step_outcome(job, tuple(u.result_digest for u in trained))[0])
+        run.roots.append(run.validator.step_outcome(job, tuple(u.result_digest for u in trained)).model_root)
     run.seconds = time.perf_counter() - started
     return run
 
@@ -458,7 +458,7 @@ def run_attacks(run: Run, tolerance: str, trainer_profile: ExecutionProfile) -> 
     record("wrong shard", wrong_shard, 0, "the unit of the next shard, same step")
 
     def stale(h: Honest) -> WorkSubmission:
-        old = job_state(spec, run.roots[h.job.step - 1], h.job.step, TRAINER_KEY.address)
+        old = job_state(spec, run.roots[h.job.step - 1], h.job.step)
         return submission(job_of(h), h.shard, run.trainer.train_unit(old, h.shard))
 
     record("stale parent (claims the current one)", stale, 0, "computed from the previous step's model state")

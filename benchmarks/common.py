@@ -25,12 +25,10 @@ from importlib import metadata
 from typing import Any
 
 from consensus.types import (
-    Address,
     Hash32,
     JobSpec,
-    JobState,
 )
-from consensus.work import make_job_view
+from consensus.work import StepView
 from tdml_node.storage import MemoryBlobStore
 from tdml_node.work.executor import TorchExecutor
 
@@ -263,6 +261,6 @@ def executor_for(dataset: bytes, *, warm: bool = False) -> TorchExecutor:
     return executor
 
 
-def job_state(spec: JobSpec, root: Hash32, step: int, trainer: Address) -> JobState:
-    """Step ``step`` of a job whose model state is ``root``, every shard assigned to ``trainer``."""
-    return make_job_view(Hash32(bytes([7]) * 32), spec, step, root, trainer)
+def job_state(spec: JobSpec, root: Hash32, step: int) -> StepView:
+    """Step ``step`` of a job whose model state is ``root``: all the executor reads of a job."""
+    return StepView(Hash32(bytes([7]) * 32), spec, step, root)

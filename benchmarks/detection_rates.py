@@ -40,7 +40,7 @@ def measure(units: int, checked: int, checkers: int) -> dict[str, float]:
     caught = 0
     done = 0
     for step in range(units // spec.shards + 1):
-        job = job_state(spec, root, step, trainer.address)
+        job = job_state(spec, root, step)
         for shard in range(spec.shards):
             if done >= units:
                 break

@@ -551,8 +551,7 @@ def _complete_steps(
             raise InvalidBlock("step outcome is for another step")
         if work is not None:
             results = tuple(r for r in job.results if r is not None)
-            root, train_loss, eval_loss, correct, total = work.step_outcome(job, results)
-            expected = StepOutcome(job_id, job.step, root, train_loss, eval_loss, correct, total)
+            expected = work.step_outcome(job, results).outcome(job_id, job.step)
             if outcome is not None and expected != outcome:
                 raise InvalidBlock(f"step outcome of job {job_id.hex()[:12]} does not match aggregation")
             outcome = expected

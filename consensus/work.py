@@ -34,18 +34,16 @@ from consensus.types import (
     FAILURE_PARENT,
     FAILURE_REPLAY,
     FAILURE_RESULT,
-    JOB_ACTIVE,
     ZERO_HASH,
     Address,
-    Amount,
     ExecutionProfile,
     Hash32,
-    Height,
     JobSpec,
     JobState,
     Signature,
     SignedVerdict,
     SignedWorkSubmission,
+    StepOutcome,
     Verdict,
     WorkSubmission,
 )
@@ -110,6 +108,57 @@ class CheckResult:
 PASSED = CheckResult(FAILURE_NONE, -1, ZERO_HASH, 0)
 
 
+class WorkView(Protocol):
+    """What the model work reads of a job: its id, spec, step and committed model root.
+
+    Training, replaying, checking and re-checking a unit, and aggregating a
+    step, read nothing else, so anyone holding the chain's blocks and blobs
+    can re-check a unit or a piece of evidence from these four values
+    (``StepView``). A ``JobState`` is one too.
+    """
+
+    @property
+    def job_id(self) -> Hash32: ...
+
+    @property
+    def spec(self) -> JobSpec: ...
+
+    @property
+    def step(self) -> int: ...
+
+    @property
+    def model_root(self) -> Hash32: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StepView:
+    """A job at one step, built from chain data alone (a ``WorkView`` without the rest of the job)."""
+
+    job_id: Hash32
+    spec: JobSpec
+    step: int
+    model_root: Hash32
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    """What aggregating a step gives: the new model root and the step's metrics.
+
+    Losses are float32 bit patterns; the evaluation is counted in integers
+    (``eval_total`` is 0 when the step was not evaluated).
+    """
+
+    model_root: Hash32
+    train_loss: int
+    eval_loss: int
+    eval_correct: int
+    eval_total: int
+
+    def outcome(self, job_id: Hash32, step: int) -> StepOutcome:
+        """The step's on-chain record."""
+        return StepOutcome(job_id, step, self.model_root, self.train_loss, self.eval_loss, self.eval_correct, self.eval_total)
+
+
 class WorkOracle(Protocol):
     """What the state transition needs of the model work. Deterministic for a profile."""
 
@@ -117,20 +166,18 @@ class WorkOracle(Protocol):
         """Root of the initialised model and empty optimizer state."""
         ...
 
-    def step_outcome(self, job: JobState, results: tuple[Hash32, ...]) -> tuple[Hash32, int, int, int, int]:
+    def step_outcome(self, job: WorkView, results: tuple[Hash32, ...]) -> StepResult:
         """Aggregate the shard results of the job's current step in shard order.
 
-        Returns (new model root, train loss bits, eval loss bits, eval
-        correct, eval total). Raises ``WorkUnavailable`` when a result blob is
-        missing.
+        Raises ``WorkUnavailable`` when a result blob is missing.
         """
         ...
 
-    def recheck(self, job: JobState, submission: WorkSubmission, verdict: Verdict) -> bool:
+    def recheck(self, job: WorkView, submission: WorkSubmission, verdict: Verdict) -> bool:
         """Re-run the one check a failing verdict names; True when the failure is real."""
         ...
 
-    def recheck_pass(self, job: JobState, submission: WorkSubmission, verdict: Verdict) -> bool:
+    def recheck_pass(self, job: WorkView, submission: WorkSubmission, verdict: Verdict) -> bool:
         """Re-run the checks a passing verdict claims; True when one of them fails (the pass was false)."""
         ...
 
@@ -138,15 +185,15 @@ class WorkOracle(Protocol):
 class WorkExecutor(WorkOracle, Protocol):
     """The trainer's and checker's side of the model work."""
 
-    def train_unit(self, job: JobState, shard: int) -> TrainedUnit:
+    def train_unit(self, job: WorkView, shard: int) -> TrainedUnit:
         """Run the unit (job.step, shard) from the committed model state."""
         ...
 
-    def replay_step(self, job: JobState, submission: WorkSubmission, inner: int) -> ReplayOutput:
+    def replay_step(self, job: WorkView, submission: WorkSubmission, inner: int) -> ReplayOutput:
         """Replay one inner step from the submission's checkpoint before it."""
         ...
 
-    def compare_step(self, job: JobState, submission: WorkSubmission, inner: int) -> ReplayComparison:
+    def compare_step(self, job: WorkView, submission: WorkSubmission, inner: int) -> ReplayComparison:
         """(Tolerance jobs) replay one inner step and measure it against the claimed output.
 
         The claim is the result bundle when H = 1, else checkpoint ``inner + 1``;
@@ -154,41 +201,9 @@ class WorkExecutor(WorkOracle, Protocol):
         """
         ...
 
-    def check_result(self, job: JobState, submission: WorkSubmission) -> int:
+    def check_result(self, job: WorkView, submission: WorkSubmission) -> int:
         """Check the result blob against the final checkpoint; a ``FAILURE_*`` code."""
         ...
-
-
-def make_job_view(
-    job_id: Hash32, spec: JobSpec, step: int, model_root: Hash32, assignee: Address | None = None
-) -> JobState:
-    """The job as it stood at the start of ``step``, as far as checking its work needs.
-
-    Replays, result checks and evidence re-checks read only the id, spec,
-    step and committed model root; so anyone holding the chain's blocks and
-    blobs can re-check a unit or a piece of evidence without the node's
-    state. ``assignee`` (every shard's trainer) is for callers that also
-    validate submissions.
-    """
-    shards = spec.shards if assignee is not None else 0
-    return JobState(
-        job_id=job_id,
-        spec=spec,
-        submitter=Address(bytes(20)),
-        status=JOB_ACTIVE,
-        step=step,
-        model_root=model_root,
-        created_height=Height(0),
-        step_started_height=Height(0),
-        step_seed=ZERO_HASH,
-        assignment=(assignee,) * shards if assignee is not None else (),
-        deadlines=(Height(2**62),) * shards,
-        accepted=(None,) * shards,
-        results=(None,) * shards,
-        escrow=Amount(0),
-        last_outcome=None,
-        finished_height=Height(0),
-    )
 
 
 # ---------------------------------------------------------------------------
@@ -411,7 +426,7 @@ def replay_tolerance(spec: JobSpec) -> float | None:
     return None if tolerance == "0" else float(tolerance)
 
 
-def check_unit(executor: WorkExecutor, job: JobState, submission: WorkSubmission, steps: Sequence[int]) -> CheckResult:
+def check_unit(executor: WorkExecutor, job: WorkView, submission: WorkSubmission, steps: Sequence[int]) -> CheckResult:
     """The checker's procedure: parent state, then each sampled step, then the result.
 
     Stops at the first failure. The same procedure, restricted to the one
@@ -447,7 +462,6 @@ def check_unit(executor: WorkExecutor, job: JobState, submission: WorkSubmission
 def make_verdict(
     keypair: crypto.Keypair,
     chain_id: str,
-    job: JobState,
     submission: WorkSubmission,
     result: CheckResult,
     steps: tuple[int, ...],
@@ -468,7 +482,7 @@ def make_verdict(
     return SignedVerdict(verdict, keypair.sign_value(crypto.DOMAIN_VERDICT, chain_id, verdict))
 
 
-def sample_for(keypair: crypto.Keypair, chain_id: str, job: JobState, submission: WorkSubmission) -> tuple[bytes, tuple[int, ...]]:
+def sample_for(keypair: crypto.Keypair, chain_id: str, job: WorkView, submission: WorkSubmission) -> tuple[bytes, tuple[int, ...]]:
     """The checker's sample signature over the submission id and the steps it picks."""
     sig = keypair.sign(crypto.DOMAIN_SAMPLE, chain_id, submission_id(submission))
     steps = compute_sampled_steps(sig, job.spec.inner_steps, job.spec.verification.checked_steps)

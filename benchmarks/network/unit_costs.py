@@ -64,7 +64,7 @@ def measure_units(plan: Plan) -> UnitCosts:
     outcome: list[float] = []
     try:
         for t in range(2):
-            job = job_state(spec, root, t, trainer.address)
+            job = job_state(spec, root, t)
             results = []
             for k in range(spec.shards):
                 w0, c0 = time.perf_counter(), time.process_time()
@@ -88,7 +88,7 @@ def measure_units(plan: Plan) -> UnitCosts:
                     check_cpu.append(c3 - c2)
                     check_wall.append(w3 - w2)
             c0 = time.process_time()
-            root = executor.step_outcome(job, tuple(results))[0]
+            root = executor.step_outcome(job, tuple(results)).model_root
             outcome.append(time.process_time() - c0)
     finally:
         torch.set_num_threads(threads)

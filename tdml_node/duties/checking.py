@@ -118,9 +118,7 @@ class Checking:
             except WorkUnavailable as exc:
                 log.warning("cannot check %s yet: %s", sid.hex()[:16], exc)
                 return
-            verdict = make_verdict(
-                ctx.keypair, ctx.chain_id, job, sub, result, steps, sample_sig, ctx.executor.receipt(job.spec)
-            )
+            verdict = make_verdict(ctx.keypair, ctx.chain_id, sub, result, steps, sample_sig, ctx.executor.receipt(job.spec))
             ctx.metrics.units_checked.inc()
             if result.failure:
                 ctx.metrics.units_failed.inc()

@@ -36,7 +36,6 @@ from consensus.types import (
     ExecutionProfile,
     Hash32,
     JobSpec,
-    JobState,
     OptimizerSpec,
     Verdict,
     WorkSubmission,
@@ -45,8 +44,10 @@ from consensus.work import (
     InvalidWork,
     ReplayComparison,
     ReplayOutput,
+    StepResult,
     TrainedUnit,
     WorkUnavailable,
+    WorkView,
     check_unit,
     replay_tolerance,
 )
@@ -72,8 +73,6 @@ from tdml_node.work.profile import (
 from tdml_node.work.state import ModelState, encode_state, load_state, parse_state
 from tdml_node.work.tensors import bundle_digest, decode_bundle
 from tdml_node.work.tolerance import bundle_distance, loss_distance
-
-StepResult = tuple[Hash32, int, int, int, int]
 
 
 class _LRU:
@@ -192,7 +191,7 @@ class TorchExecutor:
         self._states.put(root, decode_bundle(data))
         return root
 
-    def step_outcome(self, job: JobState, results: tuple[Hash32, ...]) -> StepResult:
+    def step_outcome(self, job: WorkView, results: tuple[Hash32, ...]) -> StepResult:
         spec = job.spec
         if len(results) != spec.shards:
             raise InvalidWork(f"a step of this job aggregates {spec.shards} results, got {len(results)}")
@@ -216,9 +215,9 @@ class TorchExecutor:
         ev = aggregate.NOT_EVALUATED
         if aggregate.should_evaluate(spec, job.step):
             ev = aggregate.evaluate(ctx.model, ctx.dataset)
-        return root, train_loss, ev.loss, ev.correct, ev.total
+        return StepResult(root, train_loss, ev.loss, ev.correct, ev.total)
 
-    def recheck(self, job: JobState, submission: WorkSubmission, verdict: Verdict) -> bool:
+    def recheck(self, job: WorkView, submission: WorkSubmission, verdict: Verdict) -> bool:
         """Whether the failure the verdict claims is real, by re-running that one check.
 
         A replay verdict is upheld when step ``failed_step`` does not reproduce
@@ -257,14 +256,14 @@ class TorchExecutor:
             return self._is_malformed(job, submission, verdict.checked_steps)
         return False
 
-    def recheck_pass(self, job: JobState, submission: WorkSubmission, verdict: Verdict) -> bool:
+    def recheck_pass(self, job: WorkView, submission: WorkSubmission, verdict: Verdict) -> bool:
         """Whether a passing verdict is false: the checks it claims (parent, its steps, the result) fail."""
         return check_unit(self, job, submission, verdict.checked_steps).failure != FAILURE_NONE
 
     # ------------------------------------------------------------------
     # WorkExecutor
 
-    def train_unit(self, job: JobState, shard: int) -> TrainedUnit:
+    def train_unit(self, job: WorkView, shard: int) -> TrainedUnit:
         spec = job.spec
         if not 0 <= shard < spec.shards:
             raise ValueError(f"shard {shard} out of range")
@@ -280,7 +279,7 @@ class TorchExecutor:
         digests = tuple(self.blobs.put(ck) for ck in run.checkpoints)
         return TrainedUnit(digests, self.blobs.put(run.result), run.losses, ctx.receipt)
 
-    def replay_step(self, job: JobState, submission: WorkSubmission, inner: int) -> ReplayOutput:
+    def replay_step(self, job: WorkView, submission: WorkSubmission, inner: int) -> ReplayOutput:
         if not 0 <= inner < job.spec.inner_steps:
             raise ValueError(f"inner step {inner} out of range")
         produced, bits = self._replay(self._enter(job.spec), job, submission, inner)
@@ -291,7 +290,7 @@ class TorchExecutor:
             self.blobs.put(produced)
         return ReplayOutput(digest, bits)
 
-    def compare_step(self, job: JobState, submission: WorkSubmission, inner: int) -> ReplayComparison:
+    def compare_step(self, job: WorkView, submission: WorkSubmission, inner: int) -> ReplayComparison:
         """(Tolerance jobs) replay inner step ``inner`` and measure it against what the trainer claims.
 
         The claim is the result bundle (gradients and loss) when H = 1, else
@@ -321,7 +320,7 @@ class TorchExecutor:
         )
         return ReplayComparison(bundle_digest(produced), bits, distance)
 
-    def check_result(self, job: JobState, submission: WorkSubmission) -> int:
+    def check_result(self, job: WorkView, submission: WorkSubmission) -> int:
         """(H > 1) whether the result is the final checkpoint's delta from θ0 with the claimed losses.
 
         With H = 1 the replay itself recomputes the result, so there is
@@ -400,7 +399,7 @@ class TorchExecutor:
             self._states.put(root, tensors)
         return parse_state(tensors, model, opt_spec)
 
-    def _replay(self, ctx: _Context, job: JobState, submission: WorkSubmission, inner: int) -> tuple[bytes, int]:
+    def _replay(self, ctx: _Context, job: WorkView, submission: WorkSubmission, inner: int) -> tuple[bytes, int]:
         """Inner step ``inner`` from the state before it: the bundle it produces and its loss bits."""
         spec = ctx.spec
         if spec.inner_steps == 1:
@@ -412,7 +411,7 @@ class TorchExecutor:
         bits = unit.inner_step(ctx.model, optimizer, ctx.dataset, spec, job.step, submission.shard, inner)
         return encode_state(ctx.model, optimizer), bits
 
-    def _checkpoint_before(self, ctx: _Context, job: JobState, submission: WorkSubmission, inner: int) -> ModelState:
+    def _checkpoint_before(self, ctx: _Context, job: WorkView, submission: WorkSubmission, inner: int) -> ModelState:
         """The state inner step ``inner`` starts from: θ0 with a fresh optimizer, or checkpoint ``inner``."""
         spec = ctx.spec
         if inner == 0:
@@ -433,7 +432,7 @@ class TorchExecutor:
             raise InvalidWork(f"checkpoint {index} lacks the optimizer state of {index} steps")
         return tensors, state
 
-    def _is_malformed(self, job: JobState, submission: WorkSubmission, checked: tuple[int, ...]) -> bool:
+    def _is_malformed(self, job: WorkView, submission: WorkSubmission, checked: tuple[int, ...]) -> bool:
         """Whether a blob that checking ``checked`` reads fails to decode to the model's tensors.
 
         A tolerance job's check of step ``i`` also reads checkpoint ``i + 1``

@@ -35,10 +35,9 @@ from consensus.types import (
     FalseVerdict,
     Hash32,
     JobSpec,
-    JobState,
     WorkFraud,
 )
-from consensus.work import make_job_view
+from consensus.work import StepView
 from tdml_node.client import NodeClient
 from tdml_node.devnet import Devnet, submit_job
 from tdml_node.storage import MemoryBlobStore
@@ -298,9 +297,9 @@ def _evidence_bytes(client: NodeClient, height: int, ev_json: dict[str, Any]) ->
     raise AssertionError("evidence missing from the block bytes")
 
 
-def _job_at(spec: JobSpec, job_id: str, step: int, model_root: bytes) -> JobState:
+def _job_at(spec: JobSpec, job_id: str, step: int, model_root: bytes) -> StepView:
     """The job as it stood at ``step`` (what a re-check needs: spec, step, committed root)."""
-    return make_job_view(Hash32(bytes.fromhex(job_id[2:])), spec, step, Hash32(model_root))
+    return StepView(Hash32(bytes.fromhex(job_id[2:])), spec, step, Hash32(model_root))
 
 
 def _fetch(clients: list[NodeClient], blobs: MemoryBlobStore, digest: bytes) -> None:

@@ -86,9 +86,10 @@ from consensus.validators import ValidatorSet
 from consensus.work import (
     PASSED,
     CheckResult,
-    compute_checkers,
+    StepResult,
+    WorkView,
+    compute_checker_slots,
     make_verdict,
-    required_checkers,
     sample_for,
     sign_submission,
 )
@@ -254,23 +255,22 @@ class FakeOracle:
     def initial_model_root(self, spec: JobSpec) -> Hash32:
         return crypto.sha256(b"init/" + encode(spec))
 
-    def step_outcome(self, job: JobState, results: tuple[Hash32, ...]) -> tuple[Hash32, int, int, int, int]:
+    def step_outcome(self, job: WorkView, results: tuple[Hash32, ...]) -> StepResult:
         root = crypto.sha256(b"agg/" + job.model_root + b"".join(results))
-        return root, 1000 + job.step, 2000 + job.step, 3, 4
+        return StepResult(root, 1000 + job.step, 2000 + job.step, 3, 4)
 
-    def recheck(self, job: JobState, submission: WorkSubmission, verdict: Verdict) -> bool:
+    def recheck(self, job: WorkView, submission: WorkSubmission, verdict: Verdict) -> bool:
         self.rechecks += 1
         return self.upheld
 
-    def recheck_pass(self, job: JobState, submission: WorkSubmission, verdict: Verdict) -> bool:
+    def recheck_pass(self, job: WorkView, submission: WorkSubmission, verdict: Verdict) -> bool:
         self.rechecks += 1
         return self.pass_was_false
 
 
 def make_outcome(oracle: FakeOracle, job: JobState, results: Sequence[Hash32]) -> StepOutcome:
     """The outcome a proposer claims for ``job``'s current step once ``results`` are accepted."""
-    root, train, evl, correct, total = oracle.step_outcome(job, tuple(results))
-    return StepOutcome(job.job_id, job.step, root, train, evl, correct, total)
+    return oracle.step_outcome(job, tuple(results)).outcome(job.job_id, job.step)
 
 
 def make_submission(
@@ -310,10 +310,9 @@ def keypair_of_address(addr: Address) -> Keypair:
 
 def checkers_of(state: LedgerState, job: JobState, signed: SignedWorkSubmission) -> list[Keypair]:
     """The designated checkers of a unit, in rank order, as keypairs."""
-    validators = get_validator_set(state)
-    need = required_checkers(job.spec, validators)
-    ranked = compute_checkers(job, signed.submission.shard, signed.submission.trainer, validators)
-    return [keypair_of(k) for k in ranked[:need]]
+    sub = signed.submission
+    slots = compute_checker_slots(job, sub.shard, sub.trainer, get_validator_set(state))
+    return [keypair_of(k) for k in slots.designated]
 
 
 def make_verdict_by(
@@ -328,7 +327,7 @@ def make_verdict_by(
     if result.failed_step == -2:
         # A sentinel for "fail at the first sampled step": tests cannot know it in advance.
         result = dataclasses.replace(result, failed_step=steps[0])
-    return make_verdict(checker, chain_id, job, signed.submission, result, steps, sig, job.spec.profile)
+    return make_verdict(checker, chain_id, signed.submission, result, steps, sig, job.spec.profile)
 
 
 def passing_verdicts(state: LedgerState, job: JobState, signed: SignedWorkSubmission) -> tuple[SignedVerdict, ...]:

@@ -43,6 +43,7 @@ from consensus.work import (
     PASSED,
     CheckResult,
     TrainedUnit,
+    WorkView,
     compute_checker_slots,
     make_verdict,
     sample_for,
@@ -111,11 +112,11 @@ class FakeExecutor:
     def receipt(self, spec: JobSpec) -> ExecutionProfile:
         return PROFILE
 
-    def recheck(self, job: JobState, submission: WorkSubmission, verdict: Verdict) -> bool:
+    def recheck(self, job: WorkView, submission: WorkSubmission, verdict: Verdict) -> bool:
         self.rechecks.append(verdict)
         return self.upheld
 
-    def recheck_pass(self, job: JobState, submission: WorkSubmission, verdict: Verdict) -> bool:
+    def recheck_pass(self, job: WorkView, submission: WorkSubmission, verdict: Verdict) -> bool:
         self.rechecks.append(verdict)
         return self.false_pass
 
@@ -165,7 +166,7 @@ class Harness:
 
     def verdict_by(self, key: Keypair, signed: SignedWorkSubmission, result: CheckResult = PASSED) -> SignedVerdict:
         sig, steps = sample_for(key, CHAIN, self.job, signed.submission)
-        return make_verdict(key, CHAIN, self.job, signed.submission, result, steps, sig, PROFILE)
+        return make_verdict(key, CHAIN, signed.submission, result, steps, sig, PROFILE)
 
     def slots_of(self, signed: SignedWorkSubmission) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
         sub = signed.submission

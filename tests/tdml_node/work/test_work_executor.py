@@ -113,10 +113,10 @@ def test_step_outcome_is_deterministic_and_evaluates_on_schedule() -> None:
         out = a.step_outcome(job, results)
         assert b.step_outcome(job, results) == out
         evaluated = step in (1, 2)
-        assert (out[4] == 360) == evaluated and (out[4] == 0) == (not evaluated)
+        assert (out.eval_total == 360) == evaluated and (out.eval_total == 0) == (not evaluated)
         if evaluated:
-            assert 0 < out[3] <= 360 and out[2] != 0
-        root = out[0]
+            assert 0 < out.eval_correct <= 360 and out.eval_loss != 0
+        root = out.model_root
         assert a.blobs.has(root)
 
 

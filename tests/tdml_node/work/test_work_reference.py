@@ -21,7 +21,10 @@ def chained(spec: JobSpec, data: bytes) -> list[ReferenceStep]:
     for step in range(spec.steps):
         job = job_state(spec, root, step)
         results = tuple(ex.train_unit(job, k).result_digest for k in range(spec.shards))
-        root, train, eval_loss, correct, total = ex.step_outcome(job, results)
+        result = ex.step_outcome(job, results)
+        root, train, eval_loss, correct, total = (
+            result.model_root, result.train_loss, result.eval_loss, result.eval_correct, result.eval_total
+        )
         out.append(ReferenceStep(step, root, train, eval_loss, correct, total))
     return out
 

@@ -56,7 +56,8 @@ def test_char_transformer_trains_and_replays(corpus: Path) -> None:
         if step in (0, spec.steps - 1):
             for k, unit in enumerate(units):
                 assert check_unit(validator, job, submission_for(job, k, unit), [0]) == PASSED
-        root, train, _, correct, total = ex.step_outcome(job, tuple(u.result_digest for u in units))
+        result = ex.step_outcome(job, tuple(u.result_digest for u in units))
+        root, train, correct, total = result.model_root, result.train_loss, result.eval_correct, result.eval_total
         losses.append(f32(train))
     assert losses[-1] < losses[0] - 0.3
     assert total > 0 and 0 <= correct <= total

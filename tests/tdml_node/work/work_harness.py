@@ -14,7 +14,12 @@ import torch
 
 from consensus import crypto
 from consensus.types import (
+    JOB_ACTIVE,
+    ZERO_HASH,
+    Address,
+    Amount,
     Hash32,
+    Height,
     JobSpec,
     JobState,
     PublicKey,
@@ -23,7 +28,7 @@ from consensus.types import (
     VerificationPolicy,
     WorkSubmission,
 )
-from consensus.work import CheckResult, TrainedUnit, make_job_view, submission_id
+from consensus.work import CheckResult, TrainedUnit, submission_id
 from tdml_node.storage import MemoryBlobStore
 from tdml_node.work.datasets import synthetic_bundle
 from tdml_node.work.executor import TorchExecutor
@@ -77,9 +82,29 @@ def make_executor(data: bytes, **kwargs: object) -> TorchExecutor:
 
 
 def job_state(spec: JobSpec, root: Hash32, step: int = 0) -> JobState:
-    """The job at ``step`` with every shard assigned to ``TRAINER`` and none accepted yet."""
-    job_id = Hash32(crypto.sha256(spec.name.encode()))
-    return make_job_view(job_id, spec, step, root, crypto.address_of(TRAINER.public_key))
+    """The job at ``step`` with every shard assigned to ``TRAINER`` and none accepted yet.
+
+    A whole ``JobState``, since some tests also validate submissions against
+    it; the executor itself reads only its ``WorkView`` part.
+    """
+    return JobState(
+        job_id=Hash32(crypto.sha256(spec.name.encode())),
+        spec=spec,
+        submitter=Address(bytes(20)),
+        status=JOB_ACTIVE,
+        step=step,
+        model_root=root,
+        created_height=Height(0),
+        step_started_height=Height(0),
+        step_seed=ZERO_HASH,
+        assignment=(crypto.address_of(TRAINER.public_key),) * spec.shards,
+        deadlines=(Height(2**62),) * spec.shards,
+        accepted=(None,) * spec.shards,
+        results=(None,) * spec.shards,
+        escrow=Amount(0),
+        last_outcome=None,
+        finished_height=Height(0),
+    )
 
 
 def submission_for(job: JobState, shard: int, unit: TrainedUnit, **changes: object) -> WorkSubmission:
@@ -117,7 +142,7 @@ def advance(executor: TorchExecutor, spec: JobSpec, root: Hash32, step: int) -> 
     """Train every shard of ``step`` honestly and aggregate; the new root."""
     job = job_state(spec, root, step)
     units = [executor.train_unit(job, k) for k in range(spec.shards)]
-    return executor.step_outcome(job, tuple(u.result_digest for u in units))[0]
+    return executor.step_outcome(job, tuple(u.result_digest for u in units)).model_root
 
 
 def map_tensors(
