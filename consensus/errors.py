@@ -51,3 +51,15 @@ class LocalFault(Exception):
 
 class InvariantViolation(LocalFault):
     """A state the node computed itself is impossible; going on could commit or sign something wrong."""
+
+
+class InvalidBlock(ProtocolError):
+    """A block breaks a protocol rule; the message says which, the kind how bad it is."""
+
+
+class InvalidTransaction(InvalidBlock):
+    """One transaction breaks a rule (raised by ``transition.apply_transaction``)."""
+
+
+class InvalidCommit(InvalidBlock):
+    """A commit certificate does not certify what it claims."""

@@ -83,8 +83,10 @@ def _imports(name: str, path: Path) -> set[str]:
                 base = ".".join(parts[: len(parts) - node.level + 1] + ([node.module] if node.module else []))
             else:
                 base = node.module or ""
-            found.add(base)
-            found.update(f"{base}.{alias.name}" for alias in node.names if f"{base}.{alias.name}" in MODULES)
+            submodules = {f"{base}.{alias.name}" for alias in node.names if f"{base}.{alias.name}" in MODULES}
+            found.update(submodules)
+            if len(submodules) < len(node.names):  # names from the package itself, not only its modules
+                found.add(base)
     return found
 
 

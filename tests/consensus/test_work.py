@@ -11,7 +11,9 @@ import pytest
 from consensus_fixtures import (
     CHAIN_ID,
     OUTSIDER,
+    BodyParts,
     FakeOracle,
+    advance,
     checkers_of,
     keypair,
     make_job_spec,
@@ -198,10 +200,19 @@ def test_submission_rejections(changes: dict[str, object], message: str) -> None
         validate_submission(CHAIN_ID, job, signed)
 
 
-def test_valid_submission_passes() -> None:
-    _, job = state_with_job()
-    for shard in range(job.spec.shards):
-        validate_submission(CHAIN_ID, job, make_submission(job, shard))
+def test_valid_submission_passes_and_a_block_accepts_it() -> None:
+    oracle = FakeOracle()
+    state, job = state_with_job(oracle=oracle)
+    units = tuple(make_submission(job, shard) for shard in range(job.spec.shards))
+    for signed in units:
+        assert validate_submission(CHAIN_ID, job, signed) is None
+    # What passing means: a block that carries the units with their checkers' verdicts accepts every one.
+    included = units[:-1]  # one shard left open, so the step stays in progress and its slots can be read
+    verdicts = tuple(make_verdict_by(c, job, u) for u in included for c in checkers_of(state, job, u))
+    after = advance(state, BodyParts(submissions=included, verdicts=verdicts), oracle)
+    accepted = after.jobs[job.job_id].accepted
+    assert accepted[:-1] == tuple(submission_id(u.submission) for u in units[:-1]) and accepted[-1] is None
+    assert after.get_record(crypto.address_of(units[0].submission.trainer)).units_accepted >= 1
 
 
 def test_submission_by_an_unassigned_trainer() -> None:

@@ -125,6 +125,6 @@ def test_a_state_with_an_empty_account_survives_the_store() -> None:
     so a node restarting from its store computed other state roots than its
     peers. Empty accounts are now left out of the snapshot itself.
     """
-    state = LedgerState("c", Height(1), Hash32(bytes(32)), ChainParams(Amount(1), Amount(1), 5000, 1000, 4))
-    state.accounts[Address(b"\x01" * 20)] = EMPTY_ACCOUNT
+    params = ChainParams(Amount(1), Amount(1), 5000, 1000, 4)
+    state = LedgerState("c", Height(1), Hash32(bytes(32)), params, accounts={Address(b"\x01" * 20): EMPTY_ACCOUNT})
     assert LedgerState.decode(state.encode(), state.tip_hash).root == state.root
