@@ -19,13 +19,12 @@ import logging
 import signal
 import sys
 
-from p2p.settings import ChainIdentity, PeerSettings
-
 from consensus.crypto import Keypair
 from consensus.errors import LocalFault
 from consensus.transition import compute_genesis_hash
 from consensus.types import Genesis
 from p2p.network import P2PNetwork
+from p2p.settings import ChainIdentity, PeerSettings
 from tdml_node.config import NodeConfig
 from tdml_node.devtools.wiring import BehaviourError, behaviour_seams, register_metrics
 from tdml_node.node import open_node
