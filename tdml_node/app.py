@@ -67,7 +67,7 @@ async def serve(config: NodeConfig, keypair: Keypair, genesis: Genesis) -> int:
         async with open_node(config, keypair, genesis, store=store, network=network, seams=seams) as node:
             if behaviour is not None:
                 log.warning("BYZANTINE behaviour %r is active (test network only)", behaviour.name)
-                register_metrics(behaviour, node.metrics.registry)
+                register_metrics(behaviour, node.metrics.registry, lambda: node.height)
             rpc = RpcServer(node, config.rpc_host, config.rpc_port, dev=config.dev)
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):

@@ -4,9 +4,8 @@ A behaviour takes the honest ``Seams`` and returns them with one function
 replaced (``Withhold`` bends two: it must know its own blobs to refuse
 them). It counts the faults it commits and the height of the first, which
 the adversarial suite compares with what the chain caught; the counts are
-served as the ``tdml_byzantine_*`` metrics by the dev wiring. Heights come
-from the inputs themselves (the step's start, a vote's height), so a
-behaviour keeps no view of the node.
+served as the ``tdml_byzantine_*`` metrics by the dev wiring, which also
+binds the node's committed height (the height a fault is counted at).
 
 Trainers: ``zero``, ``random``, ``scale``, ``shift``, ``noise`` (forged
 results), ``skip-steps`` (H > 1: an inner step left out), ``wrong-shard``,
@@ -70,8 +69,11 @@ class Behaviour:
         self.name = name
         self.faults = 0
         self.first_fault_height = 0
+        self.height: Callable[[], int] = lambda: 0
+        """The node's committed height, bound by the dev wiring once the node exists."""
 
-    def note_fault(self, height: int) -> None:
+    def note_fault(self) -> None:
+        height = self.height()
         self.faults += 1
         if not self.first_fault_height:
             self.first_fault_height = height
@@ -107,7 +109,7 @@ class ForgedResult(Behaviour):
         tensors = decode_bundle(data)
         gen = torch.Generator().manual_seed(int.from_bytes(unit.result_digest[:4], "big"))
         forged = {name: t if name.startswith("meta/") else self._forge(t, gen) for name, t in tensors.items()}
-        self.note_fault(job.step_started_height)
+        self.note_fault()
         return dataclasses.replace(unit, result_digest=blobs.put(encode_bundle(forged)))
 
     def _forge(self, t: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -147,7 +149,7 @@ class SkippedStep(Behaviour):
         start = parse_state(decode_bundle(committed), model, model_state_optimizer(job.spec)).params
         end = parse_state(decode_bundle(before_last), model, job.spec.optimizer).params
         result = blobs.put(delta_result(start, end, losses))
-        self.note_fault(job.step_started_height)
+        self.note_fault()
         return dataclasses.replace(unit, checkpoint_digests=tuple(digests), result_digest=result, losses=tuple(losses))
 
 
@@ -162,7 +164,7 @@ class WrongShard(Behaviour):
     def train(self, executor: WorkExecutor, job: JobState, shard: int) -> TrainedUnit:
         if job.spec.shards < 2:
             return honest_train(executor, job, shard)
-        self.note_fault(job.step_started_height)
+        self.note_fault()
         return honest_train(executor, job, (shard + 1) % job.spec.shards)
 
 
@@ -184,7 +186,7 @@ class StaleParent(Behaviour):
             seen.append(job.model_root)
         if len(seen) < 2:
             return honest_train(executor, job, shard)
-        self.note_fault(job.step_started_height)
+        self.note_fault()
         return honest_train(executor, dataclasses.replace(job, model_root=seen[-2]), shard)
 
 
@@ -206,7 +208,7 @@ class Copier(Behaviour):
     def amend(self, job: JobState, sub: WorkSubmission, others: Sequence[WorkSubmission]) -> WorkSubmission:
         for other in others:
             if other.trainer != sub.trainer:
-                self.note_fault(job.step_started_height)
+                self.note_fault()
                 return _claiming(sub, other)
         return sub
 
@@ -228,7 +230,7 @@ class OldReplay(Behaviour):
         previous = self._own.get(key)
         self._own[key] = sub
         if previous is not None and previous.step < sub.step:
-            self.note_fault(job.step_started_height)
+            self.note_fault()
             return _claiming(sub, previous)
         return sub
 
@@ -248,7 +250,7 @@ class Withhold(Behaviour):
     def train(self, executor: WorkExecutor, job: JobState, shard: int) -> TrainedUnit:
         unit = honest_train(executor, job, shard)
         self._withheld.update((unit.result_digest, *unit.checkpoint_digests))
-        self.note_fault(job.step_started_height)
+        self.note_fault()
         return unit
 
     def serve_blob(self, digest: Hash32, get: Callable[[Hash32], bytes | None]) -> bytes | None:
@@ -268,7 +270,7 @@ class Lazy(Behaviour):
         return dataclasses.replace(seams, check=self.check)
 
     def check(self, executor: WorkExecutor, job: JobState, sub: WorkSubmission, steps: tuple[int, ...]) -> CheckResult:
-        self.note_fault(job.step_started_height)
+        self.note_fault()
         return PASSED
 
 
@@ -284,7 +286,7 @@ class Accuser(Behaviour):
         result = honest_check(executor, job, sub, steps)
         if result.failure != FAILURE_NONE or not steps:
             return result
-        self.note_fault(job.step_started_height)
+        self.note_fault()
         return CheckResult(FAILURE_REPLAY, steps[0], Hash32(os.urandom(32)), 0)
 
 
@@ -297,7 +299,7 @@ class ApproveInvalid(Behaviour):
         return dataclasses.replace(seams, judge=self.judge)
 
     async def judge(self, block: Block, validate: Callable[[], Awaitable[Judgement]]) -> Judgement:
-        self.note_fault(block.header.height)
+        self.note_fault()
         return Judgement(True, None)
 
 
@@ -325,7 +327,7 @@ class Equivocator(Behaviour):
         conflicting = SignedVote(other, self.keypair.sign_value(crypto.DOMAIN_VOTE, self.chain_id, other))
         for i, peer in enumerate(sorted(network.connected_keys())):
             network.send_to(peer, conflicting if i % 2 else signed)
-        self.note_fault(vote.height)
+        self.note_fault()
 
 
 BEHAVIOURS: tuple[type[Behaviour], ...] = (

@@ -13,6 +13,7 @@ never import the behaviours unless one is named.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Gauge
@@ -56,7 +57,9 @@ def behaviour_seams(
     return behaviour.bend(HONEST), behaviour
 
 
-def register_metrics(behaviour: Behaviour, registry: CollectorRegistry) -> None:
+def register_metrics(behaviour: Behaviour, registry: CollectorRegistry, height: Callable[[], int]) -> None:
+    """Serve the behaviour's fault counts as metrics; ``height`` is the node's committed height."""
+    behaviour.height = height
     faults = Gauge("tdml_byzantine_faults", "Faults this node committed on purpose (test networks only)", registry=registry)
     faults.set_function(lambda: behaviour.faults)
     first = Gauge(
