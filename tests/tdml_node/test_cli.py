@@ -33,6 +33,26 @@ def test_every_command_explains_itself() -> None:
     assert "TEST NETWORKS ONLY" in _ok(["run", "--help"])
 
 
+def test_job_presets_prints_each_presets_whole_spec() -> None:
+    out = _ok(["job", "presets"])
+    spec, _ = get_job("digits-mlp")
+    block = out.split("digits-mlp:\n", 1)[1].split("\ndigits-mlp-xprofile:", 1)[0]
+    shown = json.loads(block)
+    assert shown["type"] == "JobSpec" and shown["global_batch"] == spec.global_batch == 256
+    assert shown["optimizer"]["params"] == [{"type": "DecimalArg", "name": "lr", "value": "0.05"},
+                                            {"type": "DecimalArg", "name": "momentum", "value": "0.9"}]
+    assert "chars-transformer:\n\"needs --text FILE\"" in out
+    assert _ok(["job", "presets", "--names"]).split() == ["digits-mlp", "digits-mlp-xprofile", "digits-mlp-local",
+                                                        "digits-cnn", "synthetic-mlp", "chars-transformer"]
+
+
+def test_the_cli_lists_exactly_the_behaviours_there_are() -> None:
+    from tdml_node.devtools.behaviours import BEHAVIOURS
+    from tdml_node.devtools.catalogue import ALL_BEHAVIOURS
+
+    assert sorted(ALL_BEHAVIOURS) == sorted(["honest", *(n for b in BEHAVIOURS for n in b.names)])
+
+
 def test_init_genesis_and_a_clear_error_for_a_bad_passphrase(tmp_path: Path) -> None:
     home = tmp_path / "n"
     secret = tmp_path / "pass"
