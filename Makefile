@@ -9,7 +9,7 @@ NODES ?= 4
 STEPS ?=
 DEVNET_ARGS ?=
 
-.PHONY: install devnet test test-fast lint typecheck bench bench-network clean
+.PHONY: install devnet test test-fast lint typecheck bench bench-network soak clean
 
 $(BIN)/tdml-node: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ typecheck: install
 
 bench: install
 	$(BIN)/python -m benchmarks.run_all
+
+soak: install
+	$(BIN)/python -m benchmarks.soak
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache
