@@ -28,6 +28,9 @@ class NodeMetrics:
         self.units_checked = Counter("tdml_units_checked", "Work units this node replayed", registry=r)
         self.units_failed = Counter("tdml_units_failed", "Work units that failed this node's replay", registry=r)
         self.peers = Gauge("tdml_peers", "Connected peers", registry=r)
+        self.peer_messages_dropped = Counter(
+            "tdml_peer_messages_dropped", "Peers' consensus messages dropped because the inbox was full", registry=r
+        )
 
     def observe_commit(self, seconds: float, block: Block, completed: tuple[StepOutcome, ...]) -> None:
         self.height.set(block.header.height)

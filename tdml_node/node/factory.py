@@ -28,6 +28,7 @@ from tdml_node.metrics import NodeMetrics
 from tdml_node.node.handlers import PeerHandlers
 from tdml_node.node.intake import TransactionIntake
 from tdml_node.node.node import InboxItem, Node, NodeHalted, NodeParts
+from tdml_node.node.peer_gate import PeerInboxGate
 from tdml_node.node.privval import PrivValidator
 from tdml_node.node.proposal_hold import ProposalHold
 from tdml_node.node.proposer import Proposer, ProposerTimings
@@ -181,7 +182,7 @@ def _assemble(
             workpool=workpool,
             intake=intake,
             duties=duties,
-            to_inbox=inbox.put_nowait,
+            to_inbox=PeerInboxGate(inbox, metrics.peer_messages_dropped).admit,
         ),
         tasks=tasks,
         wakeup=wakeup,

@@ -73,7 +73,7 @@ class PeerHandlers:
         workpool: WorkPool,
         intake: TransactionIntake,
         duties: Duties,
-        to_inbox: Callable[[FromPeer], None],
+        to_inbox: Callable[[FromPeer], object],
     ) -> None:
         self.node_key = node_key
         self.chain = chain
