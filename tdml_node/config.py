@@ -12,6 +12,7 @@ configuration.
 from __future__ import annotations
 
 import dataclasses
+import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,9 +164,9 @@ def write_config(config: NodeConfig) -> None:
         elif isinstance(value, int):
             text = str(value)
         elif isinstance(value, tuple):
-            text = "[" + ", ".join(f'"{v}"' for v in value) + "]"
+            text = "[" + ", ".join(json.dumps(v) for v in value) + "]"
         else:
-            text = f'"{value}"'
+            text = json.dumps(value)  # a JSON string is a TOML basic string, escapes and all
         if name in COMMENTS:
             lines.append("")
             lines.extend(f"# {line}" for line in COMMENTS[name].split("\n"))

@@ -46,8 +46,9 @@ def job_table(view: dict[str, Any]) -> list[str]:
     if last_eval and last_eval.get("eval_total"):
         accuracy = last_eval["eval_correct"] / last_eval["eval_total"]
         rows.append(("test", f"loss {_loss(f32(last_eval['eval_loss']))}, accuracy {accuracy:.3f} (step {last_eval['step']})"))
-    trainers = sorted(set(view.get("assignment") or []))
-    rows.append(("trainers", ", ".join(trainers) if trainers else "- (none assigned)"))
+    # The step's assigned trainers, and those whose units were accepted (all a finished job keeps).
+    trainers = sorted({a for a in [*(view.get("assignment") or []), *(view.get("accepted") or [])] if a})
+    rows.append(("trainers", ", ".join(trainers) if trainers else "- (none at work)"))
     rows.append(("model root", view["modelRoot"]))
     width = max(len(name) for name, _ in rows)
     return [f"{name:<{width}}  {value}" for name, value in rows]
