@@ -55,6 +55,14 @@ def job_presets(names: bool) -> None:
 @key_option()
 @passphrase_option
 @click.option("--budget", type=int, help="Escrowed reward budget (default: enough for every unit).")
+@click.option(
+    "--wait",
+    "wait_s",
+    type=click.FloatRange(0),
+    default=60,
+    show_default=True,
+    help="Seconds to wait for the job to be on the chain before printing its id (0: print at once).",
+)
 @url_option
 def job_submit(
     job_name: str,
@@ -64,12 +72,16 @@ def job_submit(
     keys_dir: Path | None,
     passphrase_file: Path | None,
     budget: int | None,
+    wait_s: float,
     url: str,
 ) -> None:
     """Upload a preset job's dataset to the node and submit the job; prints the job id.
 
-    KEY pays: a name from `tdml-node keys list` or a key file.
+    KEY pays: a name from `tdml-node keys list` or a key file. The id is
+    printed once a block holds the job, so `job show` finds it at once.
     """
+    import time
+
     from tdml_node.client import NodeClient
     from tdml_node.devnet import submit_job
 
@@ -77,7 +89,16 @@ def job_submit(
     key = load_named_key(key_ref, keys_dir, passphrase_file)
     client = NodeClient(url)
     chain_id = client.call("tdml_nodeInfo")["chainId"]
-    click.echo(submit_job(client, key, chain_id, spec, dataset))
+    job_id = submit_job(client, key, chain_id, spec, dataset)
+    deadline = time.monotonic() + wait_s
+    while wait_s and client.call("tdml_getJob", job_id) is None:
+        if time.monotonic() > deadline:
+            raise click.ClickException(
+                f"job {job_id} was sent but no block held it within {wait_s:g}s; "
+                "is the chain making blocks (`tdml-node rpc tdml_blockNumber`)?"
+            )
+        time.sleep(0.2)
+    click.echo(job_id)
 
 
 @job.command("list")

@@ -48,8 +48,10 @@ DEV_CHAIN_RULE = f"a dev chain's id ends in {' or '.join(DEV_CHAIN_SUFFIXES)}"
 @passphrase_option
 @click.option("--genesis", "genesis_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Copy this genesis into HOME (the network's genesis.bin).")
-@click.option("--rpc-port", type=int, default=8645, show_default=True, help="JSON-RPC port (bound to 127.0.0.1).")
-@click.option("--p2p-port", type=int, default=26656, show_default=True, help="Peer-to-peer port.")
+@click.option("--rpc-port", type=int, default=8645, show_default=True, envvar="TDML_RPC_PORT", show_envvar=True,
+              help="JSON-RPC port (bound to 127.0.0.1).")
+@click.option("--p2p-port", type=int, default=26656, show_default=True, envvar="TDML_P2P_PORT", show_envvar=True,
+              help="Peer-to-peer port.")
 @click.option("--force", is_flag=True, help="Overwrite an existing key and config.")
 def init(
     home: Path,
