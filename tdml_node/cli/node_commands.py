@@ -88,7 +88,7 @@ def init(
         click.echo(f"next: put the chain's genesis in {config.genesis_file} "
                    "(`tdml-node genesis new` makes one for a new chain).")
     click.echo(
-        "to join a running network: tdml-node run --home HOME --bootstrap HOST:PORT "
+        f"to join a running network: tdml-node run --home {home} --bootstrap HOST:PORT "
         "(a peer's p2p address); without --bootstrap a node that is not a validator of its genesis stays at height 0."
     )
 

@@ -37,7 +37,7 @@ def _ok(args: list[str]) -> str:
 
 def test_every_command_explains_itself() -> None:
     for args in ([], ["init"], ["run"], ["devnet"], ["rpc"], ["job"], ["job", "submit"], ["reference"],
-                 ["model", "export"], ["genesis", "new"], ["register"], ["transfer"]):
+                 ["model", "export"], ["genesis", "new"], ["register"], ["transfer"], ["keys"], ["keys", "new"]):
         out = _ok([*args, "--help"])
         assert "Usage:" in out and len(out) > 200
     assert "TEST NETWORKS ONLY" in _ok(["run", "--help"])
