@@ -79,6 +79,7 @@ def test_usage_errors_are_status_2_and_name_the_problem(tmp_path: Path) -> None:
     assert "--nope" in _error(["job", "list", "--nope"], 2)
     assert "does not exist" in _error(["genesis", "show", str(tmp_path / "missing.bin")], 2)
     assert "needs a text file" in _error(["reference", "--job", "chars-transformer"], 2)
+    assert "does not exist" in _error(["keys", "new", "k", "--passphrase-file", str(tmp_path / "nope")], 2)
     assert "'jbo'" in _error(["jbo"], 2)
 
 
