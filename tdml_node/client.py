@@ -38,6 +38,23 @@ class RpcCallError(Exception):
         self.message = message
 
 
+class NodeUnreachable(urllib.error.URLError):
+    """No node answered at the URL (refused, timed out, bad host); a ``URLError`` so old handlers still match."""
+
+    def __init__(self, url: str, reason: str | BaseException) -> None:
+        super().__init__(reason)
+        self.url = url
+
+    def __str__(self) -> str:
+        return f"cannot reach the node at {self.url}: {_reason_text(self.reason)}"
+
+
+def _reason_text(reason: object) -> str:
+    if isinstance(reason, OSError) and reason.strerror:
+        return reason.strerror.lower()
+    return str(reason)
+
+
 class NodeClient:
     def __init__(self, url: str, timeout: float = 30.0) -> None:
         self.url = url.rstrip("/")
@@ -65,9 +82,14 @@ class NodeClient:
         return digest
 
     def get_blob(self, digest_hex: str) -> bytes:
-        with urllib.request.urlopen(f"{self.url}/blob/{digest_hex.removeprefix('0x')}", timeout=self.timeout) as resp:
-            data: bytes = resp.read()
-            return data
+        try:
+            with urllib.request.urlopen(f"{self.url}/blob/{digest_hex.removeprefix('0x')}", timeout=self.timeout) as resp:
+                data: bytes = resp.read()
+                return data
+        except urllib.error.HTTPError as exc:
+            raise RpcCallError(exc.code, exc.read().decode(errors="replace")) from exc
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+            raise NodeUnreachable(self.url, getattr(exc, "reason", exc)) from exc
 
     def send_transaction(self, signed: SignedTransaction) -> str:
         result: str = self.call("tdml_sendRawTransaction", "0x" + encode(signed).hex())
@@ -84,6 +106,8 @@ class NodeClient:
                 return json.loads(resp.read())
         except urllib.error.HTTPError as exc:
             raise RpcCallError(exc.code, exc.read().decode(errors="replace")) from exc
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+            raise NodeUnreachable(self.url, getattr(exc, "reason", exc)) from exc
 
 
 def sign_transaction(keypair: Keypair, chain_id: str, tx: Transaction) -> SignedTransaction:

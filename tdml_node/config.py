@@ -12,6 +12,7 @@ configuration.
 from __future__ import annotations
 
 import dataclasses
+import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,8 +129,34 @@ def _coerce(key: str, value: Any) -> Any:
     return value
 
 
+COMMENTS: dict[str, str] = {
+    "rpc_host": "Address the JSON-RPC server binds; keep 127.0.0.1 unless a proxy guards it.",
+    "rpc_port": "JSON-RPC port (`tdml-node rpc`, `job`, `register` talk to it); /health and /metrics too.",
+    "p2p_host": "Address the peer-to-peer listener binds (0.0.0.0 to accept peers from other machines).",
+    "p2p_port": "Peer-to-peer port.",
+    "external_address": 'The "host:port" peers should dial, when not the listener\'s (behind NAT).',
+    "bootstrap": 'Peers to join through, ["HOST:PORT", ...]; also `run --bootstrap`. Without any, a node\n'
+    "that is not a validator of its genesis waits at height 0 alone.",
+    "dev": "Throwaway dev network: unencrypted keys and test-only options. Taken only on a dev chain\n"
+    "(chain id ending in -dev or -devnet); `run` refuses it on any other.",
+    "block_interval_ms": "A proposer with nothing to include proposes an empty block after this long.",
+    "partial_wait_ms": "A proposer waits this long for other trainers' units before including the ones it has.",
+    "timeout_propose_ms": "Tendermint timeouts: propose, prevote and precommit, and their growth per round.",
+    "train_threads": "Threads for jobs that tolerate other execution profiles (0: the job's own).",
+    "retain_steps": "Work blobs and model states older than this many steps of their job are deleted.",
+    "max_peers": "Peer connections kept.",
+    "log_level": "debug, info, warning or error; logs go to stderr.",
+    "byzantine": "TEST NETWORKS ONLY: misbehaviours for the adversarial suite (see `tdml-node run --help`).",
+}
+"""The comment written above each setting; settings without one follow the previous one's."""
+
+
 def write_config(config: NodeConfig) -> None:
-    lines = ["# tdml-node configuration; flags given to `tdml-node run` override these.", ""]
+    """Write ``config.toml`` as commented text; ``load_config`` reads it back with tomllib."""
+    lines = [
+        "# tdml-node configuration, written by `tdml-node init`.",
+        "# Flags given to `tdml-node run` override these; docs/operations.md explains each one.",
+    ]
     for name in _FIELDS:
         value = getattr(config, name)
         if isinstance(value, bool):
@@ -137,9 +164,12 @@ def write_config(config: NodeConfig) -> None:
         elif isinstance(value, int):
             text = str(value)
         elif isinstance(value, tuple):
-            text = "[" + ", ".join(f'"{v}"' for v in value) + "]"
+            text = "[" + ", ".join(json.dumps(v) for v in value) + "]"
         else:
-            text = f'"{value}"'
+            text = json.dumps(value)  # a JSON string is a TOML basic string, escapes and all
+        if name in COMMENTS:
+            lines.append("")
+            lines.extend(f"# {line}" for line in COMMENTS[name].split("\n"))
         lines.append(f"{name} = {text}")
     config.home.mkdir(parents=True, exist_ok=True)
     (config.home / CONFIG_FILE).write_text("\n".join(lines) + "\n")

@@ -28,6 +28,8 @@ BASE = {"tdml_node.config", "tdml_node.keys", "tdml_node.genesis", "tdml_node.js
 ALLOWED: dict[str, set[str]] = {
     "p2p": {"consensus"},
     **{base: {"consensus"} for base in BASE},
+    # Named account keys are key files in a directory: the keystore stands on the key-file format.
+    "tdml_node.keystore": {"consensus", "tdml_node.keys"},
     "tdml_node.storage": {"consensus"},
     "tdml_node.pools": {"consensus"},
     "tdml_node.work": {"consensus", "tdml_node.storage"},
@@ -51,7 +53,7 @@ ALLOWED: dict[str, set[str]] = {
     },
     "tdml_node.cli": {
         "consensus", "tdml_node", "tdml_node.app", "tdml_node.devnet", "tdml_node.devtools", "tdml_node.work",
-        *BASE,
+        "tdml_node.keystore", *BASE,
     },
     "tdml_node.__main__": {"tdml_node.cli"},
 }

@@ -1,6 +1,8 @@
 """``tdml-node rpc``, ``register`` and ``transfer``: talking to a running node.
 
-This module must never hold node logic: it parses, signs and sends.
+Failures (an unreachable node, an RPC error) are turned into one line by
+``cli.errors``, not here. This module must never hold node logic: it
+parses, signs and sends.
 """
 
 from __future__ import annotations
@@ -11,7 +13,16 @@ from typing import Any
 
 import click
 
-from tdml_node.cli.options import home_option, load_key, passphrase_option, url_option
+from tdml_node.cli.options import (
+    home_option,
+    home_rpc_url,
+    home_url_option,
+    key_option,
+    load_key,
+    load_named_key,
+    passphrase_option,
+    url_option,
+)
 from tdml_node.config import load_config
 
 
@@ -24,7 +35,7 @@ def rpc_call(method: str, params: tuple[str, ...], url: str) -> None:
 
     Example: tdml-node rpc tdml_getBlockByNumber latest false
     """
-    from tdml_node.client import NodeClient, RpcCallError
+    from tdml_node.client import NodeClient
 
     parsed: list[Any] = []
     for p in params:
@@ -32,13 +43,7 @@ def rpc_call(method: str, params: tuple[str, ...], url: str) -> None:
             parsed.append(json.loads(p))
         except ValueError:
             parsed.append(p)
-    try:
-        result = NodeClient(url).call(method, *parsed)
-    except RpcCallError as exc:
-        raise click.ClickException(str(exc)) from exc
-    except OSError as exc:
-        raise click.ClickException(f"cannot reach {url}: {exc}") from exc
-    click.echo(json.dumps(result, indent=2))
+    click.echo(json.dumps(NodeClient(url).call(method, *parsed), indent=2))
 
 
 @click.command()
@@ -51,39 +56,51 @@ def rpc_call(method: str, params: tuple[str, ...], url: str) -> None:
     show_default=True,
     help="What the node does for the chain.",
 )
+@key_option(required=False, help="Register this key (a name or a file) instead of HOME's node key.")
 @passphrase_option
-@url_option
-def register(home: Path, stake: int, roles: str, passphrase_file: Path | None, url: str) -> None:
+@home_url_option
+def register(
+    home: Path,
+    stake: int,
+    roles: str,
+    key_ref: str | None,
+    keys_dir: Path | None,
+    passphrase_file: Path | None,
+    url: str | None,
+) -> None:
     """Register this node (its key in HOME) as trainer and/or validator, bonding STAKE.
 
     The node's account must hold the stake; fund it with a transfer first.
+    The node is reached at HOME's RPC port unless --url says otherwise.
     """
     from consensus.types import ROLE_TRAINER, ROLE_VALIDATOR
-    from tdml_node.client import NodeClient, RpcCallError, make_register
+    from tdml_node.client import NodeClient, make_register
 
     config = load_config(home)
     role_bits = {"trainer": ROLE_TRAINER, "validator": ROLE_VALIDATOR, "both": ROLE_TRAINER | ROLE_VALIDATOR}[roles]
-    key = load_key(config.key_file, passphrase_file)
-    try:
-        client = NodeClient(url)
-        chain_id = client.call("tdml_nodeInfo")["chainId"]
-        endpoint = config.external_address or f"{config.p2p_host}:{config.p2p_port}"
-        tx = make_register(key, chain_id, client.next_nonce(key), stake, role_bits, endpoint)
-        click.echo(client.send_transaction(tx))
-    except RpcCallError as exc:
-        raise click.ClickException(str(exc)) from exc
+    if key_ref is None:
+        key = load_key(config.key_file, passphrase_file)
+    else:
+        key = load_named_key(key_ref, keys_dir, passphrase_file)
+    client = NodeClient(url or home_rpc_url(config.rpc_host, config.rpc_port))
+    chain_id = client.call("tdml_nodeInfo")["chainId"]
+    endpoint = config.external_address or f"{config.p2p_host}:{config.p2p_port}"
+    tx = make_register(key, chain_id, client.next_nonce(key), stake, role_bits, endpoint)
+    click.echo(client.send_transaction(tx))
 
 
 @click.command()
-@click.option("--key", "key_file", type=click.Path(exists=True, path_type=Path), required=True, help="Key file of the paying account.")
+@key_option()
 @click.option("--to", "to_hex", required=True, help="Recipient address (0x, 20 bytes) or public key (32 bytes).")
 @click.option("--amount", type=click.IntRange(1), required=True, help="Amount to transfer.")
 @passphrase_option
 @url_option
-def transfer(key_file: Path, to_hex: str, amount: int, passphrase_file: Path | None, url: str) -> None:
+def transfer(
+    key_ref: str, keys_dir: Path | None, to_hex: str, amount: int, passphrase_file: Path | None, url: str
+) -> None:
     """Send AMOUNT from the key's account to another account."""
     from consensus.crypto import address_of
-    from tdml_node.client import NodeClient, RpcCallError, make_transfer
+    from tdml_node.client import NodeClient, make_transfer
 
     try:
         to = bytes.fromhex(to_hex.removeprefix("0x"))
@@ -93,10 +110,7 @@ def transfer(key_file: Path, to_hex: str, amount: int, passphrase_file: Path | N
         to = address_of(to)
     if len(to) != 20:
         raise click.BadParameter("an address is 20 bytes (or a 32-byte public key)", param_hint="--to")
-    key = load_key(key_file, passphrase_file)
-    try:
-        client = NodeClient(url)
-        chain_id = client.call("tdml_nodeInfo")["chainId"]
-        click.echo(client.send_transaction(make_transfer(key, chain_id, client.next_nonce(key), to, amount)))
-    except RpcCallError as exc:
-        raise click.ClickException(str(exc)) from exc
+    key = load_named_key(key_ref, keys_dir, passphrase_file)
+    client = NodeClient(url)
+    chain_id = client.call("tdml_nodeInfo")["chainId"]
+    click.echo(client.send_transaction(make_transfer(key, chain_id, client.next_nonce(key), to, amount)))

@@ -1,5 +1,8 @@
 """``tdml-node job``, ``reference`` and ``model export``: training jobs, their reference run, their models.
 
+Failures become one line in ``cli.errors``; job ids and preset names are
+checked as arguments, before any call.
+
 This module must never hold node logic: it builds specs, sends and shows.
 """
 
@@ -10,7 +13,15 @@ from pathlib import Path
 
 import click
 
-from tdml_node.cli.options import load_key, passphrase_option, url_option
+from tdml_node.cli.options import (
+    JOB_ID,
+    check_preset,
+    key_option,
+    load_named_key,
+    load_preset,
+    passphrase_option,
+    url_option,
+)
 
 JOB_HELP = "Job preset (see `tdml-node job presets`)."
 TEXT_HELP = "Text file (chars-transformer)."
@@ -38,35 +49,55 @@ def job_presets(names: bool) -> None:
 
 
 @job.command("submit")
-@click.option("--job", "job_name", default="digits-mlp", show_default=True, help=JOB_HELP)
+@click.option("--job", "job_name", default="digits-mlp", show_default=True, callback=check_preset, help=JOB_HELP)
 @click.option("--steps", type=click.IntRange(1), help="Override the number of steps.")
 @click.option("--text", "text_path", type=click.Path(exists=True, path_type=Path), help=TEXT_HELP)
-@click.option("--key", "key_file", type=click.Path(exists=True, path_type=Path), required=True, help="Key file of the paying account.")
+@key_option()
 @passphrase_option
 @click.option("--budget", type=int, help="Escrowed reward budget (default: enough for every unit).")
+@click.option(
+    "--wait",
+    "wait_s",
+    type=click.FloatRange(0),
+    default=60,
+    show_default=True,
+    help="Seconds to wait for the job to be on the chain before printing its id (0: print at once).",
+)
 @url_option
 def job_submit(
     job_name: str,
     steps: int | None,
     text_path: Path | None,
-    key_file: Path,
+    key_ref: str,
+    keys_dir: Path | None,
     passphrase_file: Path | None,
     budget: int | None,
+    wait_s: float,
     url: str,
 ) -> None:
-    """Upload a preset job's dataset to the node and submit the job."""
-    from tdml_node.client import NodeClient, RpcCallError
-    from tdml_node.devnet import submit_job
-    from tdml_node.work.jobs import get_job
+    """Upload a preset job's dataset to the node and submit the job; prints the job id.
 
-    spec, dataset = get_job(job_name, steps=steps, text_path=text_path)
-    key = load_key(key_file, passphrase_file)
-    try:
-        client = NodeClient(url)
-        chain_id = client.call("tdml_nodeInfo")["chainId"]
-        job_id = submit_job(client, key, chain_id, spec, dataset)
-    except RpcCallError as exc:
-        raise click.ClickException(str(exc)) from exc
+    KEY pays: a name from `tdml-node keys list` or a key file. The id is
+    printed once a block holds the job, so `job show` finds it at once.
+    """
+    import time
+
+    from tdml_node.client import NodeClient
+    from tdml_node.devnet import submit_job
+
+    spec, dataset = load_preset(job_name, steps, text_path)
+    key = load_named_key(key_ref, keys_dir, passphrase_file)
+    client = NodeClient(url)
+    chain_id = client.call("tdml_nodeInfo")["chainId"]
+    job_id = submit_job(client, key, chain_id, spec, dataset)
+    deadline = time.monotonic() + wait_s
+    while wait_s and client.call("tdml_getJob", job_id) is None:
+        if time.monotonic() > deadline:
+            raise click.ClickException(
+                f"job {job_id} was sent but no block held it within {wait_s:g}s; "
+                "is the chain making blocks (`tdml-node rpc tdml_blockNumber`)?"
+            )
+        time.sleep(0.2)
     click.echo(job_id)
 
 
@@ -80,17 +111,22 @@ def job_list(url: str) -> None:
 
 
 @job.command("show")
-@click.argument("job_id")
+@click.argument("job_id", type=JOB_ID)
+@click.option("--json", "as_json", is_flag=True, help="Print the whole record as JSON (losses as numbers).")
 @url_option
-def job_show(job_id: str, url: str) -> None:
-    """Show one job: progress, assignment, last outcome and evaluation."""
+def job_show(job_id: str, as_json: bool, url: str) -> None:
+    """Show one job: status, step, last loss and accuracy, trainers (--json: everything)."""
+    from tdml_node.cli.job_view import job_record, job_table
     from tdml_node.client import NodeClient
 
-    click.echo(json.dumps(NodeClient(url).call("tdml_getJob", job_id), indent=2))
+    view = NodeClient(url).call("tdml_getJob", job_id)
+    if view is None:
+        raise click.ClickException(f"no job {job_id} on this chain (`tdml-node job list` shows them)")
+    click.echo(json.dumps(job_record(view), indent=2) if as_json else "\n".join(job_table(view)))
 
 
 @click.command()
-@click.option("--job", "job_name", default="digits-mlp", show_default=True, help=JOB_HELP)
+@click.option("--job", "job_name", default="digits-mlp", show_default=True, callback=check_preset, help=JOB_HELP)
 @click.option("--steps", type=click.IntRange(1), help="Override the number of steps.")
 @click.option("--text", "text_path", type=click.Path(exists=True, path_type=Path), help=TEXT_HELP)
 def reference(job_name: str, steps: int | None, text_path: Path | None) -> None:
@@ -98,10 +134,9 @@ def reference(job_name: str, steps: int | None, text_path: Path | None) -> None:
 
     The chain must reach the same root bit for bit.
     """
-    from tdml_node.work.jobs import get_job
     from tdml_node.work.reference import run_reference
 
-    spec, dataset = get_job(job_name, steps=steps, text_path=text_path)
+    spec, dataset = load_preset(job_name, steps, text_path)
     result = run_reference(spec, dataset)
     click.echo(f"0x{result.final_root.hex()}")
 
@@ -112,7 +147,7 @@ def model() -> None:
 
 
 @model.command("export")
-@click.argument("job_id")
+@click.argument("job_id", type=JOB_ID)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Where to write the .safetensors file.")
 @url_option
 def model_export(job_id: str, out: Path, url: str) -> None:
@@ -128,7 +163,7 @@ def model_export(job_id: str, out: Path, url: str) -> None:
     client = NodeClient(url)
     view = client.call("tdml_getJob", job_id)
     if view is None:
-        raise click.ClickException(f"no job {job_id}")
+        raise click.ClickException(f"no job {job_id} on this chain (`tdml-node job list` shows them)")
     spec = decode_as(bytes.fromhex(client.call("tdml_getJobSpec", job_id).removeprefix("0x")), JobSpec)
     state = client.get_blob(view["modelRoot"])
     export_model(spec, state, out)

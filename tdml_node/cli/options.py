@@ -63,3 +63,88 @@ def load_key(path: Path, passphrase_file: Path | None, *, allow_insecure: bool =
         return read_key_file(path, passphrase, allow_insecure=allow_insecure)
     except KeyFileError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+KEYS_DIR_HELP = "Keystore directory (else $TDML_KEYS_DIR, else ~/.config/tdml/keys)."
+
+
+def keys_dir_option(fn: F) -> F:
+    """``--keys-dir``: where named keys live (``tdml_node.keystore``)."""
+    return click.option(
+        "--keys-dir", type=click.Path(file_okay=False, path_type=Path), envvar="TDML_KEYS_DIR", help=KEYS_DIR_HELP
+    )(fn)
+
+
+def key_option(*, required: bool = True, help: str = "Paying account: a key name (`tdml-node keys list`) or a key file.") -> Callable[[F], F]:
+    """``--key NAME|FILE`` and ``--keys-dir``, for commands that sign with an account key."""
+
+    def apply(fn: F) -> F:
+        return keys_dir_option(click.option("--key", "key_ref", required=required, help=help)(fn))
+
+    return apply
+
+
+def load_named_key(key_ref: str, keys_dir: Path | None, passphrase_file: Path | None) -> Keypair:
+    """The key pair a ``--key`` value names: a file, else a keystore name."""
+    from tdml_node.keystore import default_keys_dir, resolve_key
+
+    return load_key(resolve_key(keys_dir or default_keys_dir(), key_ref), passphrase_file)
+
+
+class HexId(click.ParamType):  # type: ignore[type-arg]  # generic only from click 8.2 on
+    """A 0x-prefixed hex value of a fixed byte length (a job id, a digest), checked before any call."""
+
+    name = "0xHEX"
+
+    def __init__(self, length: int, what: str) -> None:
+        self.length = length
+        self.what = what
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value)
+        try:
+            raw = bytes.fromhex(text.removeprefix("0x"))
+        except ValueError:
+            self.fail(f"{text!r} is not hex; a {self.what} is 0x and {2 * self.length} hex digits", param, ctx)
+        if len(raw) != self.length:
+            self.fail(
+                f"{text!r} is {len(raw)} bytes; a {self.what} is {self.length} (0x and {2 * self.length} hex digits)",
+                param,
+                ctx,
+            )
+        return "0x" + raw.hex()
+
+
+JOB_ID = HexId(32, "job id")
+
+
+def check_preset(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """``--job`` callback: an unknown preset is a usage error that lists the known ones."""
+    from tdml_node.work.jobs import job_names
+
+    if value not in job_names():
+        raise click.BadParameter(f"no preset {value!r}; presets: {', '.join(job_names())}", ctx, param)
+    return value
+
+
+def load_preset(job_name: str, steps: int | None, text_path: Path | None) -> tuple[Any, bytes]:
+    """A preset's spec and dataset; a preset that needs an input it lacks is a usage error."""
+    from tdml_node.work.jobs import get_job
+
+    try:
+        return get_job(job_name, steps=steps, text_path=text_path)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+def home_url_option(fn: F) -> F:
+    """``--url`` for commands that also take ``--home``: by default the home's own RPC port."""
+    return click.option(
+        "--url", envvar="TDML_RPC", help="Node RPC URL (default: the RPC address in HOME/config.toml)."
+    )(fn)
+
+
+def home_rpc_url(rpc_host: str, rpc_port: int) -> str:
+    """The URL that reaches a node's RPC from this machine (a wildcard bind is reached on loopback)."""
+    host = "127.0.0.1" if rpc_host in ("", "0.0.0.0", "::") else rpc_host
+    return f"http://{host}:{rpc_port}"

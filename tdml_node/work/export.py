@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from consensus.types import JobSpec
@@ -45,7 +45,9 @@ def export_model(spec: JobSpec, state_bundle: bytes, path: str | Path) -> dict[s
         "model_root": bundle_digest(state_bundle).hex(),
         "dtype": dtype_name(next(iter(weights.values())).dtype),
     }
-    save_file(weights, str(path), metadata=metadata)
+    # Serialized here and written by open(), so the file gets the usual mode (0644 under umask 022);
+    # safetensors' own save_file makes it 0600, which other users cannot load.
+    Path(path).write_bytes(save(weights, metadata=metadata))
     return metadata
 
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -12,11 +15,18 @@ from click.testing import CliRunner
 from consensus.codec import decode_as
 from consensus.types import Genesis
 from tdml_node.cli import main
+from tdml_node.cli.job_view import job_table
 from tdml_node.devnet import Devnet, running_devnet, submit_job
 from tdml_node.keys import read_key_file
 from tdml_node.work.export import load_exported
 from tdml_node.work.jobs import get_job
 from tdml_node.work.reference import run_reference
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _ok(args: list[str]) -> str:
@@ -27,7 +37,7 @@ def _ok(args: list[str]) -> str:
 
 def test_every_command_explains_itself() -> None:
     for args in ([], ["init"], ["run"], ["devnet"], ["rpc"], ["job"], ["job", "submit"], ["reference"],
-                 ["model", "export"], ["genesis", "new"], ["register"], ["transfer"]):
+                 ["model", "export"], ["genesis", "new"], ["register"], ["transfer"], ["keys"], ["keys", "new"]):
         out = _ok([*args, "--help"])
         assert "Usage:" in out and len(out) > 200
     assert "TEST NETWORKS ONLY" in _ok(["run", "--help"])
@@ -90,12 +100,34 @@ def test_model_export_from_a_running_node_loads_in_pytorch(tmp_path: Path) -> No
         client = devnet.nodes[0].client()
         job_id = submit_job(client, devnet.client_key, devnet.genesis.chain_id, spec, dataset)
         deadline = time.monotonic() + 120
-        while (client.call("tdml_getJob", job_id) or {}).get("status") != "done":
+        active: dict[str, Any] | None = None
+        while (view := client.call("tdml_getJob", job_id) or {}).get("status") != "done":
+            if active is None and view.get("status") == "active" and view.get("assignment"):
+                active = view
             assert time.monotonic() < deadline
-            time.sleep(0.2)
+            time.sleep(0.1)
         out = tmp_path / "model.safetensors"
-        _ok(["model", "export", job_id, "--out", str(out), "--url", devnet.nodes[0].rpc_url])
-        listed = json.loads(_ok(["job", "list", "--url", devnet.nodes[0].rpc_url]))
+        url = devnet.nodes[0].rpc_url
+        _ok(["model", "export", job_id, "--out", str(out), "--url", url])
+        listed = json.loads(_ok(["job", "list", "--url", url]))
+        table = _ok(["job", "show", job_id, "--url", url]).splitlines()
+        record = json.loads(_ok(["job", "show", job_id, "--json", "--url", url]))
+        refused = CliRunner().invoke(main, ["rpc", "tdml_noSuchMethod", "--url", url], catch_exceptions=False)
+        missing = CliRunner().invoke(main, ["job", "show", "0x" + "00" * 32, "--url", url], catch_exceptions=False)
+    assert refused.exit_code == 1 and refused.output.startswith("Error: the node refused: ")
+    assert len(refused.output.splitlines()) == 1
+    assert missing.exit_code == 1 and "no job 0x" in missing.output
+    rows = dict(line.split(None, 1) for line in table if not line.startswith(("train loss", "model root")))
+    assert rows["job"] == job_id and rows["status"] == "done" and rows["step"] == "20/20"
+    assert len(table) < 12 and rows["trainers"] == "- (none at work)"
+    assert active is not None, "the job never showed an assignment"
+    at_work = dict(line.split(None, 1) for line in job_table(active) if line.startswith("trainers"))
+    assert at_work["trainers"] == "0x" + devnet.nodes[0].keypair.address.hex()
+    train_loss = record["lastOutcome"]["train_loss"]
+    assert isinstance(train_loss, float) and 0 < train_loss < 10
+    assert any(line.startswith("train loss") and f"{train_loss:.4f}" in line for line in table)
+    assert 0 <= record["lastEval"]["eval_correct"] <= record["lastEval"]["eval_total"]
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~_umask()
     model, meta = load_exported(out)
     assert meta["model_root"] == run_reference(spec, dataset).final_root.hex()
     assert listed[0]["status"] == "done" and sum(p.numel() for p in model.parameters()) > 0

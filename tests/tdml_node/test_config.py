@@ -32,3 +32,23 @@ def test_bad_config_is_a_clear_error(tmp_path: Path, text: str, message: str) ->
     (tmp_path / "config.toml").write_text(text)
     with pytest.raises(ConfigError, match=message):
         load_config(tmp_path)
+
+
+def test_the_written_config_explains_every_setting_and_reads_back(tmp_path: Path) -> None:
+    import dataclasses
+    import tomllib
+
+    from tdml_node.config import COMMENTS
+
+    config = NodeConfig(home=tmp_path, rpc_port=9000, bootstrap=('a:1', "b:2"), external_address='h"x:1')
+    write_config(config)
+    text = (tmp_path / "config.toml").read_text()
+    lines = text.splitlines()
+    names = [f.name for f in dataclasses.fields(NodeConfig) if f.name != "home"]
+    assert set(COMMENTS) <= set(names)
+    for name in COMMENTS:
+        at = next(i for i, line in enumerate(lines) if line.startswith(f"{name} = "))
+        assert lines[at - 1].startswith("# "), name
+    assert "bootstrap" in text and "height 0" in text and "-devnet" in text
+    assert set(tomllib.loads(text)) == set(names)
+    assert load_config(tmp_path) == config
