@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from consensus.tendermint import TimeoutConfig
+from tdml_node.logfmt import FORMATS, LEVELS
 
 CONFIG_FILE = "config.toml"
 GENESIS_FILE = "genesis.bin"
@@ -56,6 +57,9 @@ class NodeConfig:
     """Work blobs (results, checkpoints) and model states of older steps are pruned."""
     max_peers: int = 32
     log_level: str = "info"
+    """One of ``debug``, ``info``, ``warning``, ``error``; per-block and per-vote lines are ``debug``."""
+    log_format: str = "logfmt"
+    """``logfmt`` (``key=value``, for people and grep) or ``json`` (one object a line, for log shippers)."""
     byzantine: tuple[str, ...] = field(default=())
     """Test-network misbehaviours (see ``tdml-node run --help``); refused unless ``dev``."""
 
@@ -84,6 +88,7 @@ class NodeConfig:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(NodeConfig) if f.name != "home"}
+_CHOICES: dict[str, tuple[str, ...]] = {"log_level": LEVELS, "log_format": FORMATS}
 
 
 def load_config(home: Path, overrides: dict[str, Any] | None = None) -> NodeConfig:
@@ -125,6 +130,9 @@ def _coerce(key: str, value: Any) -> Any:
         return tuple(value)
     if not isinstance(value, str):
         raise ConfigError(f"{key} must be a string")
+    choices = _CHOICES.get(key)
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}, not {value!r}")
     return value
 
 

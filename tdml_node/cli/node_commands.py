@@ -19,6 +19,7 @@ from tdml_node.config import ConfigError, NodeConfig, load_config, write_config
 from tdml_node.devtools.catalogue import ALL_BEHAVIOURS
 from tdml_node.genesis import GenesisError, compose_genesis, read_genesis, write_genesis
 from tdml_node.keys import KeyFileError, read_key_file, read_public_key, write_key_file
+from tdml_node.logfmt import FORMATS, LEVELS
 
 
 @click.command()
@@ -93,7 +94,8 @@ def genesis_show(path: Path) -> None:
 @click.option("--bootstrap", multiple=True, help="HOST:PORT of a peer to join through (repeatable).")
 @click.option("--dev", is_flag=True, default=None, help="Dev network: accept unencrypted keys and test-only options.")
 @passphrase_option
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="Log verbosity.")
+@click.option("--log-level", type=click.Choice(LEVELS), help="Log verbosity (default info; debug adds a line per block and vote).")
+@click.option("--log-format", type=click.Choice(FORMATS), help="Log lines on stderr: logfmt key=value (default) or one JSON object each.")
 @click.option(
     "--byzantine",
     type=click.Choice(ALL_BEHAVIOURS),
@@ -111,10 +113,12 @@ def run(
     dev: bool | None,
     passphrase_file: Path | None,
     log_level: str | None,
+    log_format: str | None,
     byzantine: str | None,
 ) -> None:
     """Run a node: join the chain of its genesis, train, validate, and serve JSON-RPC."""
-    from tdml_node.app import configure_logging, serve
+    from tdml_node.app import serve
+    from tdml_node.logfmt import configure_logging
 
     try:
         config = load_config(
@@ -126,6 +130,7 @@ def run(
                 "bootstrap": bootstrap,
                 "dev": dev,
                 "log_level": log_level,
+                "log_format": log_format,
                 "byzantine": (byzantine,) if byzantine else (),
             },
         )
@@ -136,5 +141,5 @@ def run(
         )
     except (ConfigError, GenesisError, KeyFileError) as exc:
         raise click.ClickException(str(exc)) from exc
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, config.log_format)
     sys.exit(asyncio.run(serve(config, keypair, genesis_doc)))
