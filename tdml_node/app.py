@@ -91,7 +91,7 @@ async def serve(config: NodeConfig, keypair: Keypair, genesis: Genesis) -> int:
                 write_addr_file(config.data_dir, {"rpc": rpc_url, "p2p": str(network.listen_addr)})
                 warn_without_bootstrap(node.chain, keypair.public_key, config.bootstrap)
                 watcher = asyncio.create_task(
-                    watch(node.chain, node.network, keypair.public_key, lambda: node.syncing_to), name="lifecycle-watch"
+                    watch(node.chain, keypair.public_key, node.network.peer_count, lambda: node.syncing_to), name="lifecycle-watch"
                 )
                 try:
                     await node.run()

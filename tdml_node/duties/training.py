@@ -12,6 +12,7 @@ train, ``consensus.work`` whether a unit is acceptable.
 from __future__ import annotations
 
 import logging
+import struct
 from collections.abc import Awaitable, Callable
 
 from consensus.types import JOB_ACTIVE, Hash32, JobState, SignedWorkSubmission, WorkSubmission
@@ -79,7 +80,7 @@ class Training:
             await self._submit(sign_submission(ctx.keypair, ctx.chain_id, sub))
             log.info("unit trained", extra={
                 "job": job.job_id, "step": job.step, "shard": shard, "unit": submission_id(sub),
-                "loss": sub.losses[-1] if sub.losses else None,
+                "loss": round(struct.unpack("<f", struct.pack("<I", sub.losses[-1]))[0], 5) if sub.losses else None,
             })
         finally:
             self.running.discard(key)

@@ -34,7 +34,6 @@ from consensus.types import (
     SubmitJob,
     WorkFraud,
 )
-from tdml_node.runtime.netlink import Network
 from tdml_node.runtime.views import ChainView, CommittedBlock
 
 log = logging.getLogger("tdml.lifecycle")
@@ -112,8 +111,8 @@ def warn_without_bootstrap(chain: ChainView, me: bytes, bootstrap: tuple[str, ..
 
 async def watch(
     chain: ChainView,
-    network: Network,
     me: bytes,
+    peer_count: Callable[[], int],
     syncing_to: Callable[[], int],
     *,
     heartbeat_s: float = HEARTBEAT_SECONDS,
@@ -126,7 +125,7 @@ async def watch(
     while True:
         await asyncio.sleep(tick)
         now = time.monotonic()
-        peers = network.peer_count()
+        peers = peer_count()
         height = chain.state.height
         if now - last_beat >= heartbeat_s:
             last_beat = now

@@ -8,6 +8,7 @@ exactly what each carries.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -22,6 +23,7 @@ from typing import Any
 import pytest
 
 from tdml_node.app import ADDR_FILE
+from tdml_node.config import load_config, write_config
 from tdml_node.devnet import Devnet, submit_job
 from tdml_node.work.jobs import get_job
 from tests.tdml_node.logfmt_parse import parse_logfmt
@@ -54,6 +56,16 @@ def _wait(predicate: Any, timeout: float, what: str) -> Any:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
 def _read_addr(path: Path) -> dict[str, str] | None:
     try:
         return dict(json.loads(path.read_text()))
@@ -78,13 +90,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNode]:
         assert process.poll() is None, "\n".join(running.lines()[-30:])
         yield running
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
+        _stop(process)
 
 
 def test_the_address_file_names_the_rpc_server_that_answers(node: RunningNode) -> None:
@@ -135,3 +141,29 @@ def test_stdout_carries_nothing(node: RunningNode) -> None:
 
 def test_a_single_validator_is_not_warned_about_missing_peers(node: RunningNode) -> None:
     assert not [line for line in node.lines() if "bootstrap" in line or "no peers" in line]
+
+
+def test_a_node_without_bootstrap_that_cannot_commit_alone_says_so_in_json(tmp_path: Path) -> None:
+    devnet = Devnet.create(tmp_path / "net", 2)
+    home = devnet.nodes[0].home
+    write_config(dataclasses.replace(load_config(home), bootstrap=()))
+    err = tmp_path / "stderr.txt"
+    with err.open("wb") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tdml_node", "run", "--home", str(home), "--log-format", "json"],
+            stdout=subprocess.DEVNULL, stderr=stderr, env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True,
+        )
+    try:
+        def warned() -> list[dict[str, Any]]:
+            lines = err.read_text(errors="replace").splitlines()
+            docs = [json.loads(line) for line in lines if line.endswith("}")]  # the last line may be half written
+            return [d for d in docs if d["level"] == "warning" and "no bootstrap peers configured" in d["msg"]]
+
+        found = _wait(lambda: warned() or process.poll() is not None, 90, "the no-bootstrap warning")
+        assert found is not True and process.poll() is None, err.read_text()[-3000:]
+        assert found[0]["msg"].endswith("pass --bootstrap host:port") and found[0]["height"] == 0
+        assert found[0]["logger"] == "tdml.lifecycle" and found[0]["ts"].endswith("Z")
+    finally:
+        _stop(process)
+    for line in err.read_text().splitlines():
+        assert isinstance(json.loads(line), dict), line
