@@ -19,6 +19,7 @@ from typing import Any
 
 from benchmarks.common import proc_cpu_seconds
 from benchmarks.network.devnet_tools import (
+    COMMIT_LOG_CONFIG,
     blocks,
     check_alive,
     commit_intervals,
@@ -77,7 +78,7 @@ def run_consensus(plan: Plan, count: int) -> ConsensusRun:
     """A fresh devnet of ``count`` validators with no job, proposing empty blocks as soon as it can."""
     seconds = plan.consensus_seconds
     with scratch("tdml-bench-cons-") as base:
-        devnet = Devnet.create(base / "net", count, config_overrides={"block_interval_ms": 0})
+        devnet = Devnet.create(base / "net", count, config_overrides={"block_interval_ms": 0, **COMMIT_LOG_CONFIG})
         with running_devnet(devnet):
             node_pids = pids(devnet)
             client = devnet.nodes[0].client()
