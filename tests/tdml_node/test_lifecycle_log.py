@@ -7,13 +7,34 @@ import logging
 
 import pytest
 
-from consensus.crypto import Keypair
+from consensus.crypto import Keypair, address_of
 from consensus.transition import make_genesis_state
-from consensus.types import PublicKey
+from consensus.types import (
+    PREVOTE,
+    Block,
+    BlockBody,
+    BlockHeader,
+    CommitCertificate,
+    Equivocation,
+    Hash32,
+    Height,
+    PublicKey,
+    Round,
+    Signature,
+    SignedVote,
+    Vote,
+)
+from tdml_node.client import make_register
 from tdml_node.genesis import compose_genesis
-from tdml_node.node.lifecycle import can_commit_alone, warn_without_bootstrap, watch
+from tdml_node.node.lifecycle import (
+    BlockEvents,
+    can_commit_alone,
+    describe_block,
+    warn_without_bootstrap,
+    watch,
+)
 from tdml_node.node.sync import LOG_MIN_BLOCKS, PROGRESS_SECONDS, SYNC_BATCH, SyncProgress
-from tdml_node.runtime.views import ChainHead
+from tdml_node.runtime.views import ChainHead, CommittedBlock
 
 
 def _chain(validators: int) -> tuple[ChainHead, bytes]:
@@ -84,3 +105,32 @@ def test_a_slow_sync_reports_every_few_seconds_between_tenths() -> None:
     assert progress.should_report(1, now=PROGRESS_SECONDS)
     progress.report(1, now=PROGRESS_SECONDS)
     assert progress.should_report(1_001, now=PROGRESS_SECONDS + 0.1)  # another tenth of the way
+
+
+def _vote(key: bytes, block: bytes) -> SignedVote:
+    return SignedVote(Vote(PREVOTE, Height(4), Round(0), Hash32(block), PublicKey(key)), Signature(bytes(64)))
+
+
+def test_a_block_tells_its_registrations_and_slashings(caplog: pytest.LogCaptureFixture) -> None:
+    chain, _ = _chain(1)
+    joiner, cheat = Keypair.generate(), Keypair.generate()
+    body = BlockBody(
+        transactions=(make_register(joiner, "tdml-test", 0, stake=500, roles=1),),
+        submissions=(), verdicts=(),
+        evidence=(Equivocation(_vote(cheat.public_key, b"a" * 32), _vote(cheat.public_key, b"b" * 32)),),
+        outcomes=(), last_commit=None,
+    )
+    zero = Hash32(bytes(32))
+    header = BlockHeader("tdml-test", Height(5), Round(0), zero, PublicKey(joiner.public_key), zero, zero)
+    committed = CommittedBlock(Block(header, body), zero, CommitCertificate(Height(5), Round(0), zero, ()), chain.state)
+    events = list(describe_block(committed))
+    assert [(e.msg, e.level) for e in events] == [("node registered", logging.INFO), ("slashed", logging.WARNING)]
+    assert events[0].fields == {"address": address_of(joiner.public_key), "stake": 500, "roles": 1, "height": 5}
+    assert events[1].fields == {"offender": address_of(cheat.public_key), "kind": "equivocation", "height": 5}
+    caplog.set_level(logging.INFO, "tdml.lifecycle")
+    BlockEvents()(committed)
+    assert [r.getMessage() for r in caplog.records] == ["node registered", "slashed"]  # "committed" is DEBUG
+    caplog.clear()
+    caplog.set_level(logging.DEBUG, "tdml.lifecycle")
+    BlockEvents()(committed)
+    assert [r.getMessage() for r in caplog.records] == ["committed", "node registered", "slashed"]
