@@ -24,7 +24,7 @@ import pytest
 
 from tdml_node.app import ADDR_FILE
 from tdml_node.config import load_config, write_config
-from tdml_node.devnet import Devnet, submit_job
+from tdml_node.devnet import Devnet, free_port, submit_job
 from tdml_node.work.jobs import get_job
 from tests.tdml_node.logfmt_parse import parse_logfmt
 
@@ -167,3 +167,42 @@ def test_a_node_without_bootstrap_that_cannot_commit_alone_says_so_in_json(tmp_p
         _stop(process)
     for line in err.read_text().splitlines():
         assert isinstance(json.loads(line), dict), line
+
+
+def test_a_joining_node_reports_its_sync_in_a_few_lines(node: RunningNode, tmp_path: Path) -> None:
+    client = node.devnet.nodes[0].client(timeout=10)
+    _wait(lambda: int(client.call("tdml_blockNumber")) >= 15, 90, "node 0 to pass height 15")
+    home, rpc_port, p2p_port = tmp_path / "late", free_port(), free_port()
+    subprocess.run(
+        [sys.executable, "-m", "tdml_node", "init", "--home", str(home), "--insecure-dev-key",
+         "--rpc-port", str(rpc_port), "--p2p-port", str(p2p_port)],
+        check=True, capture_output=True, timeout=120,
+    )
+    (home / "genesis.bin").write_bytes((node.devnet.nodes[0].home / "genesis.bin").read_bytes())
+    err = tmp_path / "stderr.txt"
+    with err.open("wb") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tdml_node", "run", "--home", str(home), "--dev",
+             "--bootstrap", f"127.0.0.1:{node.devnet.nodes[0].p2p_port}"],
+            stdout=subprocess.DEVNULL, stderr=stderr, env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True,
+        )
+
+    def sync_lines() -> list[dict[str, str]]:
+        lines = err.read_text(errors="replace").splitlines()
+        return [f for f in (parse_logfmt(line) for line in lines[:-1]) if f["msg"].startswith("sync ")]
+
+    try:
+        found = _wait(
+            lambda: any(f["msg"] == "sync finished" for f in sync_lines()) or process.poll() is not None,
+            120, "the late node to finish syncing",
+        )
+        assert found and process.poll() is None, err.read_text()[-3000:]
+        lines = sync_lines()
+    finally:
+        _stop(process)
+    started, finished = lines[0], next(f for f in lines if f["msg"] == "sync finished")
+    assert started["msg"] == "sync started" and started["level"] == "info" and int(started["target"]) >= 15
+    assert finished["percent"] == "100" and int(finished["blocks"]) >= 15 and float(finished["blocks_per_s"]) > 0
+    assert len(lines) <= 13, lines  # start, at most one per tenth or 5 s, finish: not a line per block
+    for line in err.read_text(errors="replace").splitlines():
+        assert parse_logfmt(line)["msg"] != "committed"
