@@ -188,8 +188,9 @@ def test_a_joining_node_reports_its_sync_in_a_few_lines(node: RunningNode, tmp_p
         )
 
     def sync_lines() -> list[dict[str, str]]:
-        lines = err.read_text(errors="replace").splitlines()
-        return [f for f in (parse_logfmt(line) for line in lines[:-1]) if f["msg"].startswith("sync ")]
+        text = err.read_text(errors="replace")
+        whole = text[: text.rfind("\n") + 1]  # a last line still being written waits for the next look
+        return [f for f in (parse_logfmt(line) for line in whole.splitlines()) if f["msg"].startswith("sync ")]
 
     try:
         found = _wait(
