@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import signal
-import sys
+from pathlib import Path
 
 from consensus.crypto import Keypair
 from consensus.errors import LocalFault
@@ -28,6 +30,7 @@ from p2p.settings import ChainIdentity, PeerSettings
 from tdml_node.config import NodeConfig
 from tdml_node.devtools.wiring import BehaviourError, behaviour_seams, register_metrics
 from tdml_node.node import open_node
+from tdml_node.node.lifecycle import warn_without_bootstrap, watch
 from tdml_node.rpc import RpcServer
 from tdml_node.storage import ChainStore, StorageError
 
@@ -36,12 +39,16 @@ log = logging.getLogger("tdml.app")
 PROTOCOL_VERSION = 1
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s",
-        stream=sys.stderr,
-    )
+ADDR_FILE = "node.addr.json"
+"""In the data dir: where this node's RPC and p2p listen, written once both are up (readers poll for it)."""
+
+
+def write_addr_file(data_dir: Path, addresses: dict[str, str]) -> None:
+    """Replace ``data_dir/ADDR_FILE`` atomically, so a reader never sees half a file."""
+    path = data_dir / ADDR_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(addresses) + "\n")
+    os.replace(tmp, path)
 
 
 async def serve(config: NodeConfig, keypair: Keypair, genesis: Genesis) -> int:
@@ -76,12 +83,22 @@ async def serve(config: NodeConfig, keypair: Keypair, genesis: Genesis) -> int:
             try:
                 await network.start(node.handlers)
                 port = await rpc.start()
-                log.info(
-                    "rpc on http://%s:%d, p2p on %s, chain=%s height=%d",
-                    config.rpc_host, port, network.listen_addr, node.chain_id, node.height,
+                rpc_url = f"http://{config.rpc_host}:{port}"
+                log.info("node started", extra={
+                    "rpc": rpc_url, "p2p": network.listen_addr, "chain": node.chain_id, "height": node.height,
+                    "address": keypair.address,
+                })
+                write_addr_file(config.data_dir, {"rpc": rpc_url, "p2p": str(network.listen_addr)})
+                warn_without_bootstrap(node.chain, keypair.public_key, config.bootstrap)
+                watcher = asyncio.create_task(
+                    watch(node.chain, keypair.public_key, node.network.peer_count, lambda: node.syncing_to), name="lifecycle-watch"
                 )
-                print(f"RPC_READY http://{config.rpc_host}:{port}", flush=True)
-                await node.run()
+                try:
+                    await node.run()
+                finally:
+                    watcher.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await watcher
             finally:
                 await network.aclose()
                 await rpc.stop()
@@ -96,5 +113,5 @@ async def serve(config: NodeConfig, keypair: Keypair, genesis: Genesis) -> int:
     if node.fatal is not None:
         log.error("node halted: %s", node.fatal)
         return 2
-    log.info("stopped cleanly at height %d", node.height)
+    log.info("stopped cleanly", extra={"height": node.height})
     return 0

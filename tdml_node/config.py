@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from consensus.tendermint import TimeoutConfig
+from tdml_node.logfmt import FORMATS, LEVELS
 
 CONFIG_FILE = "config.toml"
 GENESIS_FILE = "genesis.bin"
@@ -57,6 +58,9 @@ class NodeConfig:
     """Work blobs (results, checkpoints) and model states of older steps are pruned."""
     max_peers: int = 32
     log_level: str = "info"
+    """One of ``debug``, ``info``, ``warning``, ``error``; per-block and per-vote lines are ``debug``."""
+    log_format: str = "logfmt"
+    """``logfmt`` (``key=value``, for people and grep) or ``json`` (one object a line, for log shippers)."""
     byzantine: tuple[str, ...] = field(default=())
     """Test-network misbehaviours (see ``tdml-node run --help``); refused unless ``dev``."""
 
@@ -85,6 +89,7 @@ class NodeConfig:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(NodeConfig) if f.name != "home"}
+_CHOICES: dict[str, tuple[str, ...]] = {"log_level": LEVELS, "log_format": FORMATS}
 
 
 def load_config(home: Path, overrides: dict[str, Any] | None = None) -> NodeConfig:
@@ -126,6 +131,9 @@ def _coerce(key: str, value: Any) -> Any:
         return tuple(value)
     if not isinstance(value, str):
         raise ConfigError(f"{key} must be a string")
+    choices = _CHOICES.get(key)
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}, not {value!r}")
     return value
 
 
@@ -146,6 +154,7 @@ COMMENTS: dict[str, str] = {
     "retain_steps": "Work blobs and model states older than this many steps of their job are deleted.",
     "max_peers": "Peer connections kept.",
     "log_level": "debug, info, warning or error; logs go to stderr.",
+    "log_format": "logfmt (key=value lines) or json (one object per line).",
     "byzantine": "TEST NETWORKS ONLY: misbehaviours for the adversarial suite (see `tdml-node run --help`).",
 }
 """The comment written above each setting; settings without one follow the previous one's."""

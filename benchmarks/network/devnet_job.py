@@ -20,6 +20,7 @@ from typing import Any
 from benchmarks.common import proc_cpu_seconds, thread_cpu_seconds
 from benchmarks.network.baselines import EvalPoint
 from benchmarks.network.devnet_tools import (
+    COMMIT_LOG_CONFIG,
     METRICS,
     blocks,
     check_alive,
@@ -107,7 +108,7 @@ def run_devnet_job(plan: Plan) -> DevnetRun:
     """A fresh 4-node devnet trains the job; figures from RPC and ``/proc``."""
     spec, dataset = plan.spec, plan.dataset
     with scratch("tdml-bench-net-") as base:
-        devnet = Devnet.create(base / "net", NODES)
+        devnet = Devnet.create(base / "net", NODES, config_overrides=COMMIT_LOG_CONFIG)
         launched = time.perf_counter()
         with running_devnet(devnet):
             ready = time.perf_counter() - launched

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 import shutil
 import subprocess
 import sys
@@ -120,19 +121,26 @@ def is_later_round(block: dict[str, Any]) -> bool:
     return int(block["header"]["round"]) > 0
 
 
+COMMIT_LOG_CONFIG = {"log_level": "debug", "log_format": "json"}
+"""What ``commit_log`` needs of a node: the per-block ``committed`` line is DEBUG, and JSON lines parse without guessing."""
+
+
 def commit_log(log: Path, first: int, last: int) -> dict[int, tuple[float, int]]:
-    """(seconds of the day, round) at which the node logged committing each height in ``[first, last]``."""
+    """(POSIX seconds, round) at which the node logged committing each height in ``[first, last]``.
+
+    The node must run with ``COMMIT_LOG_CONFIG`` (pass it in ``Devnet.create(config_overrides=...)``).
+    """
     out: dict[int, tuple[float, int]] = {}
     for line in log.read_text(errors="replace").splitlines():
-        if "msg=committed height=" not in line:
+        if '"msg": "committed"' not in line:
             continue
         try:
-            fields = dict(f.split("=", 1) for f in line.split("msg=committed ", 1)[1].split() if "=" in f)
-            height, round_ = int(fields["height"]), int(fields["round"])
-            stamp = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
-        except (IndexError, KeyError, ValueError):
+            doc = json.loads(line)
+            height, round_ = int(doc["height"]), int(doc["round"])
+            stamp = datetime.datetime.fromisoformat(doc["ts"])
+        except (KeyError, TypeError, ValueError):
             continue
-        if first <= height <= last:
+        if doc.get("msg") == "committed" and first <= height <= last:
             out[height] = (stamp.timestamp(), round_)
     return out
 

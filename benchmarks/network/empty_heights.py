@@ -19,6 +19,7 @@ from typing import Any
 
 from benchmarks.common import proc_cpu_seconds
 from benchmarks.network.devnet_tools import (
+    COMMIT_LOG_CONFIG,
     blocks,
     check_alive,
     commit_intervals,
@@ -77,7 +78,7 @@ def run_consensus(plan: Plan, count: int) -> ConsensusRun:
     """A fresh devnet of ``count`` validators with no job, proposing empty blocks as soon as it can."""
     seconds = plan.consensus_seconds
     with scratch("tdml-bench-cons-") as base:
-        devnet = Devnet.create(base / "net", count, config_overrides={"block_interval_ms": 0})
+        devnet = Devnet.create(base / "net", count, config_overrides={"block_interval_ms": 0, **COMMIT_LOG_CONFIG})
         with running_devnet(devnet):
             node_pids = pids(devnet)
             client = devnet.nodes[0].client()
@@ -155,7 +156,7 @@ def consensus_notes(plan: Plan) -> list[str]:
         "A fresh devnet of n validators with no job and `block_interval_ms = 0` (a proposer proposes an empty "
         f"block as soon as the height starts), measured for {plan.consensus_seconds:.0f} s once the first heights are "
         "committed. The median height is the median of node 0's intervals between committing consecutive heights "
-        "(the timestamps of its `committed height=` log lines): the consensus cost of an empty height when nothing "
+        "(the timestamps of its DEBUG `committed` log lines, in JSON): the consensus cost of an empty height when nothing "
         "goes wrong. The mean is the span ÷ the heights committed in it, stalls included. A height decided in a "
         "round above 0 cost at least one timeout (`timeout_propose_ms` 3000, the other timeouts at their "
         "defaults). All n processes share the machine's 2 cores.",

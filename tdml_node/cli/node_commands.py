@@ -34,6 +34,7 @@ from tdml_node.genesis import (
     write_genesis,
 )
 from tdml_node.keys import read_key_file, read_public_key, write_key_file
+from tdml_node.logfmt import FORMATS, LEVELS
 
 DEV_CHAIN_RULE = f"a dev chain's id ends in {' or '.join(DEV_CHAIN_SUFFIXES)}"
 
@@ -172,7 +173,8 @@ def genesis_show(path: Path) -> None:
 @click.option("--bootstrap", multiple=True, help="HOST:PORT of a peer to join through (repeatable).")
 @click.option("--dev", is_flag=True, default=None, help="Dev network: accept unencrypted keys and test-only options.")
 @passphrase_option
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="Log verbosity.")
+@click.option("--log-level", type=click.Choice(LEVELS), help="Log verbosity (default info; debug adds a line per block and vote).")
+@click.option("--log-format", type=click.Choice(FORMATS), help="Log lines on stderr: logfmt key=value (default) or one JSON object each.")
 @click.option(
     "--byzantine",
     type=click.Choice(ALL_BEHAVIOURS),
@@ -190,10 +192,12 @@ def run(
     dev: bool | None,
     passphrase_file: Path | None,
     log_level: str | None,
+    log_format: str | None,
     byzantine: str | None,
 ) -> None:
     """Run a node: join the chain of its genesis, train, validate, and serve JSON-RPC."""
-    from tdml_node.app import configure_logging, serve
+    from tdml_node.app import serve
+    from tdml_node.logfmt import configure_logging
 
     config = load_config(
         home,
@@ -204,6 +208,7 @@ def run(
             "bootstrap": bootstrap,
             "dev": dev,
             "log_level": log_level,
+            "log_format": log_format,
             "byzantine": (byzantine,) if byzantine else (),
         },
     )
@@ -217,5 +222,5 @@ def run(
     keypair = read_key_file(
         config.key_file, read_passphrase(passphrase_file) if needs_pass else None, allow_insecure=config.dev
     )
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, config.log_format)
     sys.exit(asyncio.run(serve(config, keypair, genesis_doc)))

@@ -116,18 +116,22 @@ class Checking:
             try:
                 result = await ctx.runner.run(PRIORITY_CHECK, ctx.seams.check, ctx.executor, job, sub, steps)
             except WorkUnavailable as exc:
-                log.warning("cannot check %s yet: %s", sid.hex()[:16], exc)
+                log.warning("cannot check yet: %s", exc, extra={"unit": sid, "job": sub.job, "step": sub.step})
                 return
             verdict = make_verdict(ctx.keypair, ctx.chain_id, sub, result, steps, sample_sig, ctx.executor.receipt(job.spec))
             ctx.metrics.units_checked.inc()
             if result.failure:
                 ctx.metrics.units_failed.inc()
-                log.warning(
-                    "unit %s (step %d shard %d) failed replay: failure %d at step %d",
-                    sid.hex()[:16], sub.step, sub.shard, result.failure, result.failed_step,
-                )
+                log.warning("unit rejected", extra={
+                    "unit": sid, "job": sub.job, "step": sub.step, "shard": sub.shard, "trainer": sub.trainer,
+                    "failure": result.failure, "failed_step": result.failed_step,
+                })
                 ctx.pool.add_evidence(WorkFraud(signed, verdict))
                 self._on_fraud(sid)
+            else:
+                log.info("unit verified", extra={
+                    "unit": sid, "job": sub.job, "step": sub.step, "shard": sub.shard, "checked_steps": len(steps),
+                })
             await self._deliver(verdict)
         finally:
             self.running.discard(sid)

@@ -12,10 +12,11 @@ train, ``consensus.work`` whether a unit is acceptable.
 from __future__ import annotations
 
 import logging
+import struct
 from collections.abc import Awaitable, Callable
 
 from consensus.types import JOB_ACTIVE, Hash32, JobState, SignedWorkSubmission, WorkSubmission
-from consensus.work import WorkUnavailable, sign_submission
+from consensus.work import WorkUnavailable, sign_submission, submission_id
 from tdml_node.duties.context import DutyContext
 from tdml_node.runtime.workqueue import PRIORITY_TRAIN
 
@@ -56,7 +57,7 @@ class Training:
             try:
                 unit = await ctx.runner.run(PRIORITY_TRAIN, ctx.seams.train, ctx.executor, job, shard)
             except WorkUnavailable as exc:
-                log.warning("cannot train step %d shard %d yet: %s", job.step, shard, exc)
+                log.warning("cannot train yet: %s", exc, extra={"job": job.job_id, "step": job.step, "shard": shard})
                 return
             current = ctx.chain.state.jobs.get(job.job_id)
             if current is None or current.step != job.step or current.assignment[shard] != ctx.address:
@@ -77,5 +78,9 @@ class Training:
             # Submitted before the key is dropped: the unit's check is scheduled
             # meanwhile, so the node never looks idle between training and checking.
             await self._submit(sign_submission(ctx.keypair, ctx.chain_id, sub))
+            log.info("unit trained", extra={
+                "job": job.job_id, "step": job.step, "shard": shard, "unit": submission_id(sub),
+                "loss": round(struct.unpack("<f", struct.pack("<I", sub.losses[-1]))[0], 5) if sub.losses else None,
+            })
         finally:
             self.running.discard(key)

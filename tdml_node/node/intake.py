@@ -10,16 +10,19 @@ through ``pools.check_transaction``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from consensus.crypto import Keypair
-from consensus.transition import BlockContext
-from consensus.types import Hash32, Height, SignedTransaction
+from consensus.transition import BlockContext, compute_job_id
+from consensus.types import Hash32, Height, SignedTransaction, SubmitJob
 from consensus.work import WorkOracle
 from tdml_node.pools import Mempool, check_transaction, tx_hash
 from tdml_node.runtime.netlink import Network
 from tdml_node.runtime.views import ChainView
 from tdml_node.runtime.workqueue import PRIORITY_CONSENSUS, Worker
+
+log = logging.getLogger("tdml.intake")
 
 
 class TransactionIntake:
@@ -52,6 +55,15 @@ class TransactionIntake:
         earlier = self.mempool.earlier_of(signed)
         await self.worker.submit(PRIORITY_CONSENSUS, check_transaction, state, ctx, earlier, signed, self.executor)
         self.mempool.admit(signed, state)
+        payload = signed.tx.payload
+        origin_name = "peer" if origin is not None else "client"
+        if isinstance(payload, SubmitJob):
+            log.info("job submitted", extra={
+                "job": compute_job_id(signed.tx), "job_name": payload.spec.name, "steps": payload.spec.steps,
+                "budget": payload.budget, "from": origin_name,
+            })
+        else:
+            log.debug("transaction accepted", extra={"tx": digest, "kind": type(payload).__name__, "from": origin_name})
         await self.network.broadcast(signed, exclude=origin)
         self._wake()
         return digest

@@ -79,6 +79,7 @@ from tdml_node.duties import Duties
 from tdml_node.metrics import NodeMetrics
 from tdml_node.node.handlers import FromPeer, PeerHandlers, as_event
 from tdml_node.node.intake import TransactionIntake
+from tdml_node.node.lifecycle import BlockEvents
 from tdml_node.node.privval import PrivValidator
 from tdml_node.node.proposal_hold import ProposalHold
 from tdml_node.node.proposer import Proposer
@@ -152,7 +153,7 @@ class Node:
         self.inbox = parts.inbox
         self._started_at = time.time()
         self._timers: list[asyncio.TimerHandle] = []
-        self._listeners: list[BlockListener] = []
+        self._listeners: list[BlockListener] = [BlockEvents()]  # first: the log says a block committed before what it caused
         self._replaying = False
         self._next_height: list[FromPeer] = []
 
@@ -332,7 +333,7 @@ class Node:
             and event.step in (core.step, Step.PRECOMMIT)
         ):
             # A timeout that moves consensus on means a slow proposer, slow validation or lost votes.
-            log.info("timed out height=%d round=%d step=%s", event.height, event.round, event.step.label)
+            log.info("timed out", extra={"height": event.height, "round": event.round, "step": event.step.label})
         position = (core.height, core.round)
         actions = core.apply(event)
         for action in actions:
@@ -454,16 +455,6 @@ class Node:
         expired = parts.retention.expired(state)
         if expired:
             await parts.offload(parts.store.delete_blobs, expired)
-        log.info(
-            "committed height=%d hash=%s round=%d txs=%d units=%d steps=%d evidence=%d",
-            block.header.height,
-            block_hash.hex()[:16],
-            cert.round,
-            len(block.body.transactions),
-            len(block.body.submissions),
-            len(result.completed),
-            len(block.body.evidence),
-        )
         committed = CommittedBlock(block, block_hash, cert, state)
         for listener in list(self._listeners):
             maybe = listener(committed)

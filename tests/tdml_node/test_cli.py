@@ -131,3 +131,10 @@ def test_model_export_from_a_running_node_loads_in_pytorch(tmp_path: Path) -> No
     model, meta = load_exported(out)
     assert meta["model_root"] == run_reference(spec, dataset).final_root.hex()
     assert listed[0]["status"] == "done" and sum(p.numel() for p in model.parameters()) > 0
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--log-level", "verbose"), ("--log-format", "xml")])
+def test_run_refuses_an_unknown_log_level_or_format(tmp_path: Path, flag: str, value: str) -> None:
+    result = CliRunner().invoke(main, ["run", "--home", str(tmp_path), flag, value])
+    assert result.exit_code == 2
+    assert f"Invalid value for '{flag}'" in result.output and value in result.output

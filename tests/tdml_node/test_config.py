@@ -26,6 +26,8 @@ def test_defaults_file_and_flags(tmp_path: Path) -> None:
         ('dev = 1\n', "true or false"),
         ('rpc_port = = 3\n', "cannot read"),
         ('bootstrap = [1]\n', "list of strings"),
+        ('log_level = "verbose"\n', "log_level must be one of debug, info, warning, error, not 'verbose'"),
+        ('log_format = "xml"\n', "log_format must be one of logfmt, json"),
     ],
 )
 def test_bad_config_is_a_clear_error(tmp_path: Path, text: str, message: str) -> None:
@@ -52,3 +54,8 @@ def test_the_written_config_explains_every_setting_and_reads_back(tmp_path: Path
     assert "bootstrap" in text and "height 0" in text and "-devnet" in text
     assert set(tomllib.loads(text)) == set(names)
     assert load_config(tmp_path) == config
+
+
+def test_a_bad_log_level_flag_is_refused_like_a_bad_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="log_level"):
+        load_config(tmp_path, {"log_level": "loud"})
