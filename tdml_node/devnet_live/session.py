@@ -106,7 +106,7 @@ def wait_up(devnet: Devnet, watcher: Watcher, console: Console, timeout: float =
             if is_ready(node):
                 waiting.remove(node)
                 status = read_node(node, watcher.nodes[node.index])
-                say(console, node_up_line(status, str(node.log_path)))
+                say(console, node_up_line(status, f"127.0.0.1:{node.p2p_port}", str(node.log_path)))
         if waiting and time.monotonic() > deadline:
             node = waiting[0]
             raise DevnetError(f"node {node.index} did not answer within {timeout:.0f}s:\n{devnet.log_tail(node)}")

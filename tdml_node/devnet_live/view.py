@@ -55,7 +55,7 @@ def _rate(rate: float | None) -> str:
 
 
 def node_table(nodes: tuple[NodeStatus, ...]) -> Table:
-    table = Table(expand=False, pad_edge=False)
+    table = Table(expand=False)
     for name, justify in (
         ("node", "right"), ("role", "left"), ("state", "left"), ("height", "right"), ("peers", "right"),
         ("trained", "right"), ("verified", "right"), ("rejected", "right"), ("rpc", "left"),
@@ -100,9 +100,9 @@ def progress_line(snap: Snapshot) -> str:
     return f"[{snap.elapsed:7.1f}s] {snap.phase}: {_progress_figures(snap)} | {nodes}"
 
 
-def node_up_line(n: NodeStatus, log: str) -> str:
+def node_up_line(n: NodeStatus, p2p: str, log: str) -> str:
     """The line printed as a node comes up: where to reach it and what it runs as."""
-    return f"node {n.index} up: {n.role}, pid {n.pid}, rpc {n.rpc_url}, log {log}"
+    return f"node {n.index} up: {n.role}, pid {n.pid}, rpc {n.rpc_url}, p2p {p2p}, log {log}"
 
 
 def report_table(report: DevnetReport) -> Table:
