@@ -64,6 +64,17 @@ def signals_stop() -> Iterator[None]:
             signal.signal(sig, old)
 
 
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Ignore SIGINT, SIGTERM and SIGHUP for a moment, so a second Ctrl-C cannot cut a bounded stop short."""
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 def say(console: Console, message: str) -> None:
     """Print one unwrapped line, unless the terminal is gone (after SIGHUP a write fails with EIO)."""
     with contextlib.suppress(OSError):
@@ -197,14 +208,15 @@ def run_devnet(
             out.parent.mkdir(parents=True, exist_ok=True)
             export_model(spec, client.get_blob(model_root), out)
         finally:
-            watcher.close(wait=False)
-            say(console, f"stopping {nodes} node(s)…")
-            stop_started = time.monotonic()
-            devnet.stop_all(timeout=STOP_TIMEOUT)
-            watcher.close()
-            if not keep_homes:
-                shutil.rmtree(base, ignore_errors=True)
-            say(console, f"stopped {nodes} node(s) in {time.monotonic() - stop_started:.1f} s; logs in {logs.resolve()}")
+            with signals_held():
+                watcher.close(wait=False)
+                say(console, f"stopping {nodes} node(s)…")
+                stop_started = time.monotonic()
+                devnet.stop_all(timeout=STOP_TIMEOUT)
+                say(console, f"stopped {nodes} node(s) in {time.monotonic() - stop_started:.1f} s; logs in {logs.resolve()}")
+                if not keep_homes:
+                    shutil.rmtree(base, ignore_errors=True)
+                watcher.close()
         reference_root = None
         if check_reference:
             say(console, "running the single-process reference of the same job…")
@@ -212,6 +224,7 @@ def run_devnet(
     return DevnetReport(
         job_id=job_id,
         final=final,
+        total=clock(),
         blocks=blocks,
         model_root=model_root,
         reference_root=reference_root,

@@ -79,6 +79,8 @@ class DevnetReport:
     job_id: str
     final: Snapshot
     """The snapshot at the moment the job was seen done: the report's clock is the view's."""
+    total: float
+    """Elapsed on the same clock when the report was made: after stopping the nodes and the reference run."""
     blocks: int
     model_root: str
     reference_root: str | None

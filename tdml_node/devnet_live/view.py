@@ -118,6 +118,7 @@ def report_table(report: DevnetReport) -> Table:
         ("blocks", str(report.blocks)),
         ("elapsed", f"{snap.elapsed:.1f} s (nodes up and job submitted at {started:.1f} s, "
                     f"training {snap.elapsed - started:.1f} s)"),
+        ("total", f"{report.total:.1f} s (with stopping the nodes and the reference run)"),
         ("rate", _rate(compute_rate(snap))),
         ("final train loss", fmt_float(job.train_loss if job else None)),
         ("test accuracy", fmt_float(job.test_accuracy if job else None, pct=True)),

@@ -33,7 +33,7 @@ class Devnet:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tdml_node", "devnet", "--nodes", "2", "--steps", str(steps), "--no-reference",
              "--logs", str(tmp / "logs"), "--out", str(tmp / "model.safetensors")],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp, env=dict(os.environ, TMPDIR=str(tmp)),
         )
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
@@ -116,6 +116,8 @@ def test_a_short_devnet_prints_urls_progress_and_a_report_on_the_same_clock(tmp_
     final = next(line for line in devnet.lines if LINE.match(line) and "done: step 3/3" in line)
     reported = re.search(r"elapsed\s*│ ([\d.]+) s", devnet.text)
     assert reported is not None and float(reported[1]) == float(LINE.match(final)[1])  # type: ignore[index]
+    total = re.search(r"total\s*│ ([\d.]+) s", devnet.text)
+    assert total is not None and float(total[1]) >= float(reported[1])
     logs = re.search(r"node logs\s*│ (\S+)", devnet.text)
     assert logs is not None and Path(logs[1]) == (tmp_path / "logs").resolve()
     assert sorted(p.name for p in Path(logs[1]).iterdir()) == ["node0.log", "node1.log"]

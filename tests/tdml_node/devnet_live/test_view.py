@@ -70,9 +70,10 @@ def test_the_plain_line_carries_the_same_figures() -> None:
 
 def test_the_report_uses_the_final_snapshot_clock_and_names_the_logs() -> None:
     done = Snapshot(elapsed=70.0, phase="done", nodes=NODES, job=JobStatus("digits-mlp", 120, 120, "done"), job_started=10.0, logs=Path("/tmp/logs"))
-    report = DevnetReport("0xabc", done, 240, "0x01", "0x01", Path("m.safetensors"), None)
+    report = DevnetReport("0xabc", done, 81.5, 240, "0x01", "0x01", Path("m.safetensors"), None)
     text = _text(report_table(report), width=200)
     assert re.search(r"elapsed\s*│ 70\.0 s \(nodes up and job submitted at 10\.0 s, training 60\.0 s\)", text)
+    assert re.search(r"total\s*│ 81\.5 s", text)
     assert "2.00 steps/s" in text and "20 / 1" in text and "equal bit for bit" in text
     assert "/tmp/logs" in text and "removed" in text
 
