@@ -90,8 +90,12 @@ def shown(console: Console, watcher: Watcher) -> Iterator[None]:
         watcher.start()
         try:
             yield
+        except BaseException:
+            watcher.phase = "stopping"  # the view's last frame says why it froze
+            raise
         finally:
             with contextlib.suppress(OSError):
+                live.refresh()
                 live.stop()
         return
     last = [float("-inf")]

@@ -6,7 +6,9 @@ pids and ports from the devnet's own output; every wait is bounded.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pty
 import queue
 import re
 import signal
@@ -24,25 +26,35 @@ pytestmark = pytest.mark.slow
 UP = re.compile(r"node (\d) up: .*pid (\d+), rpc http://127\.0\.0\.1:(\d+), p2p 127\.0\.0\.1:(\d+), log (\S+)")
 LINE = re.compile(r"^\[\s*([\d.]+)s\] ")
 WAIT = 120.0
+ANSI = re.compile(r"\x1b\[[0-9;?]*[a-zA-Z]")
 
 
 class Devnet:
     """A ``tdml-node devnet`` process whose output is read line by line on a thread, so every read has a deadline."""
 
-    def __init__(self, tmp: Path, steps: int) -> None:
+    def __init__(self, tmp: Path, steps: int, *, terminal: bool = False) -> None:
+        """``terminal``: run it on a pseudo-terminal, so it shows the live view as it would to a person."""
+        master, slave = pty.openpty() if terminal else (-1, -1)
+        env = dict(os.environ, TMPDIR=str(tmp), COLUMNS="140", LINES="40", TERM="xterm")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tdml_node", "devnet", "--nodes", "2", "--steps", str(steps), "--no-reference",
              "--logs", str(tmp / "logs"), "--out", str(tmp / "model.safetensors")],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp, env=dict(os.environ, TMPDIR=str(tmp)),
+            stdout=slave if terminal else subprocess.PIPE, stderr=slave if terminal else subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, cwd=tmp, env=env,
         )
+        if terminal:
+            os.close(slave)
+        self.stream = open(master, "rb") if terminal else self.proc.stdout
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self._queue.put(line.rstrip("\n"))
+        assert self.stream is not None
+        with contextlib.suppress(OSError):  # a pty's master reads EIO once the last writer is gone
+            for raw in self.stream:
+                line = ANSI.sub("", raw.decode(errors="replace")).replace("\r", "")
+                self._queue.put(line.rstrip("\n"))
         self._queue.put(None)
 
     def until(self, pattern: str, timeout: float = WAIT) -> str:
@@ -67,8 +79,8 @@ class Devnet:
                 self.proc.wait()
         while (line := self._queue.get(timeout=10)) is not None:
             self.lines.append(line)
-        assert self.proc.stdout is not None
-        self.proc.stdout.close()
+        assert self.stream is not None
+        self.stream.close()
         return code
 
     @property
@@ -152,4 +164,17 @@ def test_nodes_die_when_the_devnet_is_sigkilled(tmp_path: Path) -> None:
     assert len(nodes) == 2 and all(_alive(pid) for pid, _, _ in nodes)
     os.kill(devnet.proc.pid, signal.SIGKILL)
     devnet.finish(timeout=30)
+    _assert_all_gone(nodes)
+
+
+def test_ctrl_c_in_a_terminal_stops_the_live_view_and_the_nodes_and_exits_130(tmp_path: Path) -> None:
+    devnet = Devnet(tmp_path, steps=10_000, terminal=True)
+    devnet.until(r"node 1 up|node 0 up")
+    devnet.until(r"node 1 up|node 0 up")
+    devnet.until(r"│\s+1 │ validator\+trainer")  # the live view's node table
+    nodes = devnet.nodes()
+    devnet.proc.send_signal(signal.SIGINT)
+    assert devnet.finish(timeout=60) == 130, devnet.text
+    assert "TDML devnet  2 node(s)" in devnet.text and "stopping 2 node(s)…" in devnet.text
+    assert "Traceback" not in devnet.text and "Aborted" not in devnet.text
     _assert_all_gone(nodes)
