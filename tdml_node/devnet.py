@@ -210,7 +210,8 @@ def die_with_parent(parent_pid: int) -> Callable[[], None]:
 
     Unlike a pipe to the child, this needs nothing from ``tdml-node run`` and
     still works when the parent is SIGKILLed; SIGTERM is what the node already
-    takes as a request to stop cleanly.
+    takes as a request to stop cleanly. Linux sends it when the *thread* that
+    started the child ends, so nodes are started from the main thread.
     """
 
     prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork: no dlopen in the child

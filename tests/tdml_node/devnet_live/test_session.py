@@ -21,7 +21,10 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(sys.platform != "linux", reason="reads /proc; the parent-death signal is Linux's"),
+]
 
 UP = re.compile(r"node (\d) up: .*pid (\d+), rpc http://127\.0\.0\.1:(\d+), p2p 127\.0\.0\.1:(\d+), log (\S+)")
 LINE = re.compile(r"^\[\s*([\d.]+)s\] ")
