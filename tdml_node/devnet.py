@@ -1,9 +1,9 @@
-"""``tdml-node devnet``: a local network of node processes that trains a job end to end.
+"""A local network of node processes: homes, processes, and the job upload, for the devnet, tests and benchmarks.
 
 It makes a throwaway home per node (dev keys, free loopback ports, one
-genesis), starts each node as its own process, uploads the job's dataset,
-submits the job, shows live progress, and ends with a report, the exported
-model, and a bit-for-bit comparison with the single-process reference run.
+genesis), starts each node as its own process (armed to die with the process
+that started it), stops them all at once, and submits a job.
+``tdml_node.devnet_live`` builds ``tdml-node devnet``'s run, view and report on it.
 
 This module must never reach into a node's memory: it drives the nodes only
 through their RPC, as a user would.
@@ -12,22 +12,17 @@ through their RPC, as a user would.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from rich.console import Console
-from rich.live import Live
-from rich.table import Table
 
 from consensus.crypto import Keypair
 from consensus.types import Genesis, JobSpec, SignedTransaction
@@ -37,6 +32,7 @@ from tdml_node.genesis import compose_genesis, write_genesis
 from tdml_node.keys import write_key_file
 
 DEFAULT_JOB = "digits-mlp"
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 class DevnetError(Exception):
@@ -58,6 +54,8 @@ class DevnetNode:
     rpc_port: int
     p2p_port: int
     process: subprocess.Popen[bytes] | None = None
+    log_dir: Path | None = None
+    """Where the node's log goes; None keeps it in the home, as tests and benchmarks expect."""
 
     @property
     def rpc_url(self) -> str:
@@ -65,7 +63,7 @@ class DevnetNode:
 
     @property
     def log_path(self) -> Path:
-        return self.home / "node.log"
+        return self.home / "node.log" if self.log_dir is None else self.log_dir / f"node{self.index}.log"
 
     def client(self, timeout: float = 30.0) -> NodeClient:
         return NodeClient(self.rpc_url, timeout=timeout)
@@ -93,11 +91,13 @@ class Devnet:
         config_overrides: dict[str, Any] | None = None,
         byzantine: dict[int, str] | None = None,
         passive: frozenset[int] = frozenset(),
+        log_dir: Path | None = None,
     ) -> Devnet:
         """Homes for ``count`` nodes; all but the ``passive`` ones are registered trainers and validators."""
         base.mkdir(parents=True, exist_ok=True)
         nodes = [
-            DevnetNode(i, base / f"node{i}", Keypair.generate(), free_port(), free_port()) for i in range(count)
+            DevnetNode(i, base / f"node{i}", Keypair.generate(), free_port(), free_port(), log_dir=log_dir)
+            for i in range(count)
         ]
         client_key = client_key or Keypair.generate()
         genesis = compose_genesis(
@@ -125,13 +125,18 @@ class Devnet:
 
     def start(self, node: DevnetNode, extra: list[str] | None = None) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        node.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(node.log_path, "ab")  # the child keeps its own copy of the descriptor
+        # Its own session keeps the terminal's SIGINT and SIGHUP from reaching the node
+        # behind the driver's back: the driver stops its nodes itself, and the
+        # parent-death signal covers the case where the driver cannot.
         node.process = subprocess.Popen(
             [sys.executable, "-m", "tdml_node", "run", "--home", str(node.home), *(extra or []), *self.extra_args],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
+            preexec_fn=die_with_parent(os.getpid()) if sys.platform == "linux" else None,
         )
         log.close()
 
@@ -146,7 +151,7 @@ class Devnet:
             while True:
                 if node.process is not None and node.process.poll() is not None:
                     raise DevnetError(f"node {node.index} exited with {node.process.returncode}:\n{self.log_tail(node)}")
-                if node.client(timeout=2).health() is not None:
+                if is_ready(node):
                     break
                 if time.monotonic() > deadline:
                     raise DevnetError(f"node {node.index} did not answer within {timeout:.0f}s:\n{self.log_tail(node)}")
@@ -168,9 +173,24 @@ class Devnet:
         node.process = None
         return proc.returncode
 
-    def stop_all(self) -> None:
+    def stop_all(self, timeout: float = 15.0) -> None:
+        """SIGTERM every node at once, wait for them together, then SIGKILL whichever is still up."""
+        procs = [n.process for n in self.nodes if n.process is not None]
+        for proc in procs:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(max(0.0, deadline - time.monotonic()))
+        for proc in procs:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                proc.wait()
         for node in self.nodes:
-            self.stop(node)
+            node.process = None
 
     @staticmethod
     def log_tail(node: DevnetNode, lines: int = 30) -> str:
@@ -178,6 +198,30 @@ class Devnet:
             return "\n".join(node.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+
+def is_ready(node: DevnetNode) -> bool:
+    """Whether the node is up; the one place that decides it, so the signal is easy to change."""
+    return node.client(timeout=2).health() is not None
+
+
+def die_with_parent(parent_pid: int) -> Callable[[], None]:
+    """A ``preexec_fn`` that has Linux send the child SIGTERM when the process that started it dies.
+
+    Unlike a pipe to the child, this needs nothing from ``tdml-node run`` and
+    still works when the parent is SIGKILLed; SIGTERM is what the node already
+    takes as a request to stop cleanly. Linux sends it when the *thread* that
+    started the child ends, so nodes are started from the main thread.
+    """
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork: no dlopen in the child
+
+    def arm() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent_pid:  # the parent died before the signal was armed
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arm
 
 
 @contextlib.contextmanager
@@ -188,25 +232,6 @@ def running_devnet(devnet: Devnet) -> Iterator[Devnet]:
         yield devnet
     finally:
         devnet.stop_all()
-
-
-@dataclass
-class DevnetReport:
-    job_id: str
-    steps: int
-    blocks: int
-    seconds: float
-    train_loss: float | None
-    test_accuracy: float | None
-    model_root: str
-    reference_root: str | None
-    model_path: Path | None
-    units_accepted: int
-    units_rejected: int
-
-    @property
-    def matches_reference(self) -> bool | None:
-        return None if self.reference_root is None else self.reference_root == self.model_root
 
 
 def submit_job(client: NodeClient, key: Keypair, chain_id: str, spec: JobSpec, dataset: bytes) -> str:
@@ -222,159 +247,3 @@ def submit_job(client: NodeClient, key: Keypair, chain_id: str, spec: JobSpec, d
     from consensus.transition import compute_job_id
 
     return "0x" + compute_job_id(signed.tx).hex()
-
-
-def follow_job(
-    devnet: Devnet, job_id: str, *, console: Console, timeout: float, poll: float = 0.25
-) -> dict[str, Any]:
-    """Show live progress until the job is done; returns its final RPC view."""
-    client = devnet.nodes[0].client()
-    started = time.monotonic()
-    last_print = 0.0
-    interactive = console.is_terminal
-    view: dict[str, Any] | None = None
-    with Live(console=console, refresh_per_second=8, transient=False) if interactive else contextlib.nullcontext() as live:
-        while True:
-            for node in devnet.nodes:
-                if node.process is not None and node.process.poll() is not None:
-                    raise DevnetError(f"node {node.index} exited:\n{devnet.log_tail(node)}")
-            view = client.call("tdml_getJob", job_id)
-            height = client.call("tdml_blockNumber")
-            elapsed = time.monotonic() - started
-            if view is not None:
-                table = _progress_table(devnet, view, height, elapsed)
-                if live is not None:
-                    live.update(table)
-                elif elapsed - last_print >= 5:
-                    last_print = elapsed
-                    console.print(_progress_line(view, height, elapsed))
-                if view["status"] == "done":
-                    return view
-            if elapsed > timeout:
-                raise DevnetError(f"the job did not finish within {timeout:.0f}s")
-            time.sleep(poll)
-
-
-def _records(devnet: Devnet) -> tuple[int, int]:
-    client = devnet.nodes[0].client()
-    accepted = rejected = 0
-    for node in devnet.nodes:
-        rec = client.call("tdml_getTrainer", "0x" + node.keypair.address.hex())
-        accepted += rec["unitsVerified"]
-        rejected += rec["unitsRejected"]
-    return accepted, rejected
-
-
-def _progress_table(devnet: Devnet, view: dict[str, Any], height: int, elapsed: float) -> Table:
-    table = Table(title=f"TDML devnet — {len(devnet.nodes)} node(s) — job {view['name']}", show_header=False)
-    last = view.get("lastOutcome") or {}
-    last_eval = view.get("lastEval") or {}
-    accepted, rejected = _records(devnet)
-    peers = devnet.nodes[0].client().call("tdml_nodeInfo")["peers"]
-    rows = [
-        ("height", str(height)),
-        ("step", f"{view['step']} / {view['steps']}"),
-        ("train loss", _fmt(last.get("trainLossFloat"))),
-        ("test accuracy", _fmt(last_eval.get("testAccuracy"), pct=True)),
-        ("units verified / rejected", f"{accepted} / {rejected}"),
-        ("peers (node 0)", str(peers)),
-        ("elapsed", f"{elapsed:.1f} s"),
-    ]
-    for key, value in rows:
-        table.add_row(key, value)
-    return table
-
-
-def _progress_line(view: dict[str, Any], height: int, elapsed: float) -> str:
-    last = view.get("lastOutcome") or {}
-    last_eval = view.get("lastEval") or {}
-    return (
-        f"[{elapsed:6.1f}s] height {height} step {view['step']}/{view['steps']} "
-        f"loss {_fmt(last.get('trainLossFloat'))} test acc {_fmt(last_eval.get('testAccuracy'), pct=True)}"
-    )
-
-
-def _fmt(value: float | None, pct: bool = False) -> str:
-    if value is None:
-        return "-"
-    return f"{100 * value:.2f}%" if pct else f"{value:.4f}"
-
-
-def run_devnet(
-    *,
-    nodes: int,
-    job: str,
-    steps: int | None,
-    text_path: Path | None,
-    out: Path,
-    data_dir: Path | None,
-    keep: bool,
-    check_reference: bool,
-    console: Console,
-    timeout: float = 3600.0,
-) -> DevnetReport:
-    from tdml_node.work.export import export_model
-    from tdml_node.work.jobs import get_job
-    from tdml_node.work.reference import run_reference
-
-    spec, dataset = get_job(job, steps=steps, text_path=text_path)
-    base = data_dir or Path(tempfile.mkdtemp(prefix="tdml-devnet-"))
-    console.print(f"devnet: {nodes} node(s) in {base}; job {spec.name}: {spec.steps} steps × {spec.shards} shards")
-    devnet = Devnet.create(base, nodes)
-    try:
-        with running_devnet(devnet):
-            client = devnet.nodes[0].client()
-            for node in devnet.nodes[1:]:
-                node.client().put_blob(dataset)
-            started = time.monotonic()
-            job_id = submit_job(client, devnet.client_key, devnet.genesis.chain_id, spec, dataset)
-            console.print(f"submitted job {job_id}")
-            view = follow_job(devnet, job_id, console=console, timeout=timeout)
-            seconds = time.monotonic() - started
-            blocks = client.call("tdml_blockNumber")
-            accepted, rejected = _records(devnet)
-            model_root = view["modelRoot"]
-            state_bytes = client.get_blob(model_root)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            export_model(spec, state_bytes, out)
-    finally:
-        if not keep and data_dir is None:
-            shutil.rmtree(base, ignore_errors=True)
-    reference_root = None
-    if check_reference:
-        console.print("running the single-process reference of the same job…")
-        reference_root = "0x" + run_reference(spec, dataset).final_root.hex()
-    last = view.get("lastOutcome") or {}
-    last_eval = view.get("lastEval") or last
-    return DevnetReport(
-        job_id=job_id,
-        steps=view["step"],
-        blocks=blocks,
-        seconds=seconds,
-        train_loss=last.get("trainLossFloat"),
-        test_accuracy=(last_eval or {}).get("testAccuracy"),
-        model_root=model_root,
-        reference_root=reference_root,
-        model_path=out,
-        units_accepted=accepted,
-        units_rejected=rejected,
-    )
-
-
-def print_report(report: DevnetReport, console: Console) -> None:
-    table = Table(title="devnet report", show_header=False)
-    rows = [
-        ("job", report.job_id),
-        ("steps", str(report.steps)),
-        ("blocks", str(report.blocks)),
-        ("time", f"{report.seconds:.1f} s ({report.steps / max(report.seconds, 1e-9):.1f} steps/s)"),
-        ("final train loss", _fmt(report.train_loss)),
-        ("test accuracy", _fmt(report.test_accuracy, pct=True)),
-        ("units verified / rejected", f"{report.units_accepted} / {report.units_rejected}"),
-        ("model state root", report.model_root),
-        ("reference run", {None: "not run", True: "equal bit for bit", False: "DIFFERS"}[report.matches_reference]),
-        ("exported model", str(report.model_path)),
-    ]
-    for key, value in rows:
-        table.add_row(key, value)
-    console.print(table)

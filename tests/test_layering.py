@@ -53,9 +53,12 @@ ALLOWED: dict[str, set[str]] = {
         "consensus", "tdml_node.client", "tdml_node.config", "tdml_node.genesis", "tdml_node.keys",
         "tdml_node.storage", "tdml_node.work",
     },
+    # The devnet's run, view and report stand on the devnet driver; the driver
+    # stays light for the tests and benchmarks that only need its processes.
+    "tdml_node.devnet_live": {"tdml_node.devnet", "tdml_node.client", "tdml_node.work"},
     "tdml_node.cli": {
-        "consensus", "tdml_node", "tdml_node.app", "tdml_node.devnet", "tdml_node.devtools", "tdml_node.work",
-        "tdml_node.keystore", *BASE,
+        "consensus", "tdml_node", "tdml_node.app", "tdml_node.devnet", "tdml_node.devnet_live", "tdml_node.devtools",
+        "tdml_node.work", "tdml_node.keystore", *BASE,
     },
     "tdml_node.__main__": {"tdml_node.cli"},
 }
