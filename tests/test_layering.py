@@ -49,9 +49,13 @@ ALLOWED: dict[str, set[str]] = {
         "consensus", "tdml_node.client", "tdml_node.config", "tdml_node.genesis", "tdml_node.keys",
         "tdml_node.storage", "tdml_node.work",
     },
+    # The Python client of your own job: it talks to a node (client), reads key
+    # files (keys), and converts data, builds and exports models (work); the
+    # executor it uses to compute the initial model root holds blobs in memory.
+    "tdml_node.sdk": {"consensus", "tdml_node.client", "tdml_node.keys", "tdml_node.work", "tdml_node.storage"},
     "tdml_node.cli": {
         "consensus", "tdml_node", "tdml_node.app", "tdml_node.devnet", "tdml_node.devtools", "tdml_node.work",
-        *BASE,
+        "tdml_node.sdk", *BASE,
     },
     "tdml_node.__main__": {"tdml_node.cli"},
 }

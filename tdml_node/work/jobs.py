@@ -50,6 +50,8 @@ from tdml_node.work.profile import local_profile
 from tdml_node.work.tensors import decode_bundle
 
 DEFAULT_JOB = "digits-mlp"
+CHARS_TEST_FRACTION = 0.1
+"""Share of the text the ``chars-transformer`` preset holds out (its tail)."""
 
 
 def optimizer_spec(name: str, **params: str) -> OptimizerSpec:
@@ -185,7 +187,12 @@ def _synthetic_mlp(text_path: Path | None) -> tuple[JobSpec, bytes]:
 def _chars_transformer(text_path: Path | None) -> tuple[JobSpec, bytes]:
     if text_path is None:
         raise ValueError("the chars-transformer job needs a text file (text_path)")
-    data = char_corpus_bundle(Path(text_path).read_text(encoding="utf-8"))
+    return chars_transformer(Path(text_path).read_text(encoding="utf-8"))
+
+
+def chars_transformer(text: str) -> tuple[JobSpec, bytes]:
+    """The ``chars-transformer`` preset on the given text (its vocabulary sets the model's ``vocab``)."""
+    data = char_corpus_bundle(text, CHARS_TEST_FRACTION)
     vocab = int(decode_bundle(data)["vocab"].shape[0])
     return make_job(
         "chars-transformer",
