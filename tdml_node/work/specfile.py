@@ -155,6 +155,10 @@ def with_vocab(spec: JobSpec, vocab: int) -> JobSpec:
 def check_spec(spec: JobSpec) -> None:
     """The chain's structural rules, the registry's and the codec's bounds, as ``SpecFileError``."""
     try:
+        encode(spec)
+    except EncodeError as exc:
+        raise SpecFileError(f"out of bounds: {exc}") from exc
+    try:
         validate_job_spec(spec)
     except ValueError as exc:
         raise SpecFileError(str(exc)) from exc
@@ -162,10 +166,6 @@ def check_spec(spec: JobSpec) -> None:
         validate_model_spec(spec.model)
     except InvalidWork as exc:
         raise SpecFileError(f"model: {exc}") from exc
-    try:
-        encode(spec)
-    except EncodeError as exc:
-        raise SpecFileError(f"out of bounds: {exc}") from exc
 
 
 # ---------------------------------------------------------------------------
