@@ -40,6 +40,7 @@ from consensus.types import (
 from consensus.work import InvalidWork
 from tdml_node.work import preprocess
 from tdml_node.work.models import make_model_spec, registry_names, validate_model_spec
+from tdml_node.work.optim import optimizer_args
 from tdml_node.work.profile import local_profile
 
 
@@ -166,6 +167,12 @@ def check_spec(spec: JobSpec) -> None:
         validate_model_spec(spec.model)
     except InvalidWork as exc:
         raise SpecFileError(f"model: {exc}") from exc
+    for where, opt in (("optimizer", spec.optimizer), ("outer_optimizer", spec.outer_optimizer)):
+        try:
+            if opt is not None:
+                optimizer_args(opt)
+        except InvalidWork as exc:
+            raise SpecFileError(f"{where}: {exc}") from exc
 
 
 # ---------------------------------------------------------------------------

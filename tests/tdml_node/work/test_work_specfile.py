@@ -100,6 +100,7 @@ standardize = true
         (("steps = 40", "steps = \"forty\""), "steps must be an integer, got 'forty'"),
         (("lr = \"0.1\"", "lr = \"fast\""), "lr='fast' is not a decimal"),
         (("name = \"sgd\"", "name = \"lion\""), "optimizer must be one of"),
+        (("momentum = 0.9", "momentm = 0.9"), "optimizer: "),
         (("shards = 2", "shards = 2\ninner_steps = 4"), "an outer optimizer is required exactly when inner_steps > 1"),
         (("shards = 2", "shards = 2\ndataset = \"0x12\""), "dataset must be a 32-byte digest in hex"),
         (("shards = 2", "shards = 2\n[data]\ntest_fraction = 1.5"), "data.test_fraction must be a number in [0, 1)"),
