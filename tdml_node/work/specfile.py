@@ -183,13 +183,13 @@ def _known(table: Mapping[str, Any], allowed: set[str] | frozenset[str], where: 
     unknown = sorted(set(table) - set(allowed))
     if unknown:
         prefix = f"{where}." if where else ""
-        raise SpecFileError(f"unknown field {prefix}{unknown[0]!r}; {where or 'the top level'} takes {', '.join(sorted(allowed))}")
+        raise SpecFileError(f"unknown field '{prefix}{unknown[0]}'; {where or 'the top level'} takes {', '.join(sorted(allowed))}")
 
 
 def _get(table: Mapping[str, Any], key: str, default: Any, where: str, check: Callable[[Any], bool], kind: str) -> Any:
     if key not in table:
         if default is None:
-            raise SpecFileError(f"missing field {where}{key!r}")
+            raise SpecFileError(f"missing field '{where}{key}'")
         return default
     value = table[key]
     if not check(value):
