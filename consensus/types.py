@@ -142,7 +142,7 @@ class Preprocessing:
     statistics fitted on the training split only. ``mean`` and ``scale`` are
     float64 IEEE-754 bit patterns, so the record is exact. Nodes train on the
     blob as it is; the record travels with the job so an exported model can
-    apply the same transform to raw input (``docs/decisions.md``, decision 19).
+    apply the same transform to raw input (``docs/decisions.md``, decision 22).
     """
 
     kind: Annotated[str, MaxLen(16)]
