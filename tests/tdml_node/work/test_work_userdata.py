@@ -138,3 +138,11 @@ def test_prepare_job_records_the_data_and_checks_it_as_a_node_would(tmp_path: Pa
     named = SPEC.replace("shards = 2", f'shards = 2\ndataset = "0x{"00" * 31}01"')
     with pytest.raises(DataFileError, match="remove `dataset` or the data file"):
         prepare_job(parse_spec(named), data)
+
+
+def test_a_recorded_preprocessing_must_cover_the_datasets_features(tmp_path: Path) -> None:
+    ones = ", ".join(["1.0"] * 20)
+    text = SPEC.replace("standardize = true", "standardize = false")
+    text += f'\n[preprocessing]\nkind = "standardize"\nmean = [{ones}]\nscale = [{ones}]\n'
+    with pytest.raises(DataFileError, match="the preprocessing covers 20 features, the dataset has 64"):
+        prepare_job(parse_spec(text), _digits_npz(tmp_path / "d.npz"))
