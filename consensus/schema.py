@@ -92,6 +92,10 @@ FIELD_NOTES: dict[str, str] = {
     "JobSpec.verification": "how units are checked",
     "JobSpec.reward_per_unit": "paid to the trainer of each accepted unit, from the escrow",
     "JobSpec.reward_per_verdict": "paid to each counted checker of an accepted unit, from the escrow",
+    "JobSpec.preprocessing": "the feature transform the dataset went through, for use on raw input; nil: none",
+    "Preprocessing.kind": "`standardize` (the only kind)",
+    "Preprocessing.mean": "per-feature mean of the train split, float64 bit patterns",
+    "Preprocessing.scale": "per-feature standard deviation of the train split (1 where it is 0), float64 bit patterns",
     # Transactions
     "Transfer.to": "the receiving account",
     "Transfer.amount": "the amount moved",

@@ -19,7 +19,9 @@ rules as pure functions.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
+import struct
 from dataclasses import dataclass
 
 from consensus import crypto
@@ -32,6 +34,7 @@ from consensus.types import (
     JOB_ACTIVE,
     JOB_DONE,
     PRECOMMIT,
+    PREPROCESS_STANDARDIZE,
     ROLE_TRAINER,
     ROLE_VALIDATOR,
     Account,
@@ -46,6 +49,7 @@ from consensus.types import (
     Height,
     JobSpec,
     JobState,
+    Preprocessing,
     PublicKey,
     RegisterNode,
     SignedTransaction,
@@ -374,6 +378,21 @@ def validate_job_spec(spec: JobSpec) -> None:
         raise ValueError("profile dtype must be float32 or float64")
     if spec.profile.device not in ("cpu", "cuda"):
         raise ValueError("profile device must be cpu or cuda")
+    if spec.preprocessing is not None:
+        _validate_preprocessing(spec.preprocessing, spec.task)
+
+
+def _validate_preprocessing(pre: Preprocessing, task: str) -> None:
+    if pre.kind != PREPROCESS_STANDARDIZE:
+        raise ValueError(f"preprocessing must be {PREPROCESS_STANDARDIZE!r}")
+    if task != "classification":
+        raise ValueError("only a classification job's features can be standardised")
+    if not pre.mean or len(pre.mean) != len(pre.scale):
+        raise ValueError("standardisation needs one mean and one scale per feature")
+    means = struct.unpack(f"<{len(pre.mean)}d", struct.pack(f"<{len(pre.mean)}Q", *pre.mean))
+    scales = struct.unpack(f"<{len(pre.scale)}d", struct.pack(f"<{len(pre.scale)}Q", *pre.scale))
+    if not all(math.isfinite(m) for m in means) or not all(math.isfinite(s) and s > 0 for s in scales):
+        raise ValueError("standardisation means must be finite and scales finite and positive")
 
 
 def _validate_args(pairs: list[tuple[str, str]], *, decimal: bool) -> None:

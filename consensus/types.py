@@ -128,7 +128,29 @@ class VerificationPolicy:
     unit_timeout_blocks: Annotated[int, IntRange(1, 1_000_000)]
 
 
-@message(17)
+MAX_FEATURES = 1 << 16
+PREPROCESS_STANDARDIZE = "standardize"
+
+
+@message(18)
+@dataclass(frozen=True, slots=True)
+class Preprocessing:
+    """What the submitter did to the raw features before building the dataset blob.
+
+    ``standardize``: feature ``j`` became ``(x_j - mean[j]) / scale[j]``,
+    computed in float64 and then cast to the dataset's dtype, with the
+    statistics fitted on the training split only. ``mean`` and ``scale`` are
+    float64 IEEE-754 bit patterns, so the record is exact. Nodes train on the
+    blob as it is; the record travels with the job so an exported model can
+    apply the same transform to raw input (``docs/decisions.md``, decision 22).
+    """
+
+    kind: Annotated[str, MaxLen(16)]
+    mean: Annotated[tuple[Annotated[int, IntRange(0, 2**64 - 1)], ...], MaxLen(MAX_FEATURES)]
+    scale: Annotated[tuple[Annotated[int, IntRange(0, 2**64 - 1)], ...], MaxLen(MAX_FEATURES)]
+
+
+@message(17, version=2)
 @dataclass(frozen=True, slots=True)
 class JobSpec:
     """A training job: what to train, on what, how, and how its work is checked and paid.
@@ -137,6 +159,9 @@ class JobSpec:
     and ``optimizer`` is applied to the shard-ordered mean. With H > 1 a unit
     runs H steps of ``optimizer`` (fresh state each unit) and returns the
     parameter delta; ``outer_optimizer`` is applied to the mean delta.
+    ``preprocessing`` records the transform the dataset's features went
+    through (None: none), for whoever uses the trained model on raw input.
+    Version 2 added it.
     """
 
     name: Annotated[str, MaxLen(64)]
@@ -158,6 +183,7 @@ class JobSpec:
     verification: VerificationPolicy
     reward_per_unit: Amount
     reward_per_verdict: Amount
+    preprocessing: Preprocessing | None = None
 
 
 # ---------------------------------------------------------------------------

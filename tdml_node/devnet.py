@@ -26,7 +26,7 @@ from typing import Any
 
 from consensus.crypto import Keypair
 from consensus.types import Genesis, JobSpec, SignedTransaction
-from tdml_node.client import NodeClient, make_submit_job
+from tdml_node.client import NodeClient
 from tdml_node.config import NodeConfig, write_config
 from tdml_node.genesis import compose_genesis, write_genesis
 from tdml_node.keys import write_key_file
@@ -235,15 +235,7 @@ def running_devnet(devnet: Devnet) -> Iterator[Devnet]:
 
 
 def submit_job(client: NodeClient, key: Keypair, chain_id: str, spec: JobSpec, dataset: bytes) -> str:
-    """Upload the dataset and post the job; returns the job id (hex)."""
-    from tdml_node.storage import MemoryBlobStore
-    from tdml_node.work.executor import TorchExecutor
+    """Upload the dataset and post the job with a budget for every unit; returns the job id (hex)."""
+    from tdml_node.sdk import submit_spec
 
-    client.put_blob(dataset)
-    root = TorchExecutor(MemoryBlobStore()).initial_model_root(spec)
-    budget = spec.steps * spec.shards * (spec.reward_per_unit + 4 * spec.reward_per_verdict)
-    signed = make_submit_job(key, chain_id, client.next_nonce(key), spec, budget, root)
-    client.send_transaction(signed)
-    from consensus.transition import compute_job_id
-
-    return "0x" + compute_job_id(signed.tx).hex()
+    return submit_spec(client, key, spec, dataset, chain_id=chain_id)

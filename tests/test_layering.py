@@ -51,14 +51,18 @@ ALLOWED: dict[str, set[str]] = {
     },
     "tdml_node.devnet": {
         "consensus", "tdml_node.client", "tdml_node.config", "tdml_node.genesis", "tdml_node.keys",
-        "tdml_node.storage", "tdml_node.work",
+        "tdml_node.storage", "tdml_node.work", "tdml_node.sdk",
     },
     # The devnet's run, view and report stand on the devnet driver; the driver
     # stays light for the tests and benchmarks that only need its processes.
     "tdml_node.devnet_live": {"tdml_node.devnet", "tdml_node.client", "tdml_node.work"},
+    # The Python client of your own job: it talks to a node (client), reads key
+    # files (keys), and converts data, builds and exports models (work); the
+    # executor it uses to compute the initial model root holds blobs in memory.
+    "tdml_node.sdk": {"consensus", "tdml_node.client", "tdml_node.keys", "tdml_node.work", "tdml_node.storage"},
     "tdml_node.cli": {
         "consensus", "tdml_node", "tdml_node.app", "tdml_node.devnet", "tdml_node.devnet_live", "tdml_node.devtools",
-        "tdml_node.work", "tdml_node.keystore", *BASE,
+        "tdml_node.work", "tdml_node.keystore", "tdml_node.sdk", *BASE,
     },
     "tdml_node.__main__": {"tdml_node.cli"},
 }

@@ -30,12 +30,14 @@ def user_message(exc: BaseException) -> str | None:
     """The one line that explains ``exc`` to an operator, or None when it is a bug."""
     from tdml_node.devnet import DevnetError
     from tdml_node.devtools.wiring import BehaviourError
+    from tdml_node.work.specfile import SpecFileError
+    from tdml_node.work.userdata import DataFileError
 
     if isinstance(exc, NodeUnreachable):
         return f"{exc} — is `tdml-node run` running?"
     if isinstance(exc, RpcCallError):
         return f"the node refused: {exc.message} (code {exc.code})"
-    if isinstance(exc, KeyFileError | ConfigError | GenesisError | DevnetError | BehaviourError):
+    if isinstance(exc, KeyFileError | ConfigError | GenesisError | DevnetError | BehaviourError | SpecFileError | DataFileError):
         return str(exc)
     if isinstance(exc, OSError) and exc.strerror:
         where = f": {exc.filename}" if exc.filename else ""

@@ -25,6 +25,8 @@ from tdml_node.cli.options import (
 
 JOB_HELP = "Job preset (see `tdml-node job presets`)."
 TEXT_HELP = "Text file (chars-transformer)."
+SPEC_HELP = "Job spec file (TOML; `tdml-node job presets NAME` prints one to start from)."
+DATA_HELP = "Your data for --spec: .npz (x, y[, x_test, y_test]), .csv (label column named in the spec) or text."
 
 
 @click.group()
@@ -33,23 +35,32 @@ def job() -> None:
 
 
 @job.command("presets")
+@click.argument("name", required=False)
 @click.option("--names", is_flag=True, help="Print only the preset names.")
-def job_presets(names: bool) -> None:
-    """List the job presets, each with its whole spec (the chars-transformer's needs a text file)."""
-    from tdml_node.jsonview import to_json
-    from tdml_node.work.jobs import job_names, preset_spec
+def job_presets(name: str | None, names: bool) -> None:
+    """Print the job presets as spec files (TOML), or only NAME's, to copy and edit.
 
-    for name in job_names():
+    `tdml-node job presets digits-mlp > job.toml` writes a file that
+    `tdml-node job submit --spec job.toml` submits unchanged.
+    """
+    from tdml_node.work.jobs import job_names
+    from tdml_node.work.specfile import preset_file
+
+    if name is not None and name not in job_names():
+        raise click.ClickException(f"unknown preset {name!r}; presets: {', '.join(job_names())}")
+    for preset in [name] if name is not None else job_names():
         if names:
-            click.echo(name)
+            click.echo(preset)
             continue
-        spec = preset_spec(name)
-        click.echo(f"{name}:")
-        click.echo(json.dumps(to_json(spec) if spec is not None else "needs --text FILE", indent=2))
+        if name is None:
+            click.echo(f"# ===== {preset} =====")
+        click.echo(preset_file(preset))
 
 
 @job.command("submit")
 @click.option("--job", "job_name", default="digits-mlp", show_default=True, callback=check_preset, help=JOB_HELP)
+@click.option("--spec", "spec_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), help=SPEC_HELP)
+@click.option("--data", "data_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), help=DATA_HELP)
 @click.option("--steps", type=click.IntRange(1), help="Override the number of steps.")
 @click.option("--text", "text_path", type=click.Path(exists=True, path_type=Path), help=TEXT_HELP)
 @key_option()
@@ -66,6 +77,8 @@ def job_presets(names: bool) -> None:
 @url_option
 def job_submit(
     job_name: str,
+    spec_path: Path | None,
+    data_path: Path | None,
     steps: int | None,
     text_path: Path | None,
     key_ref: str,
@@ -75,21 +88,32 @@ def job_submit(
     wait_s: float,
     url: str,
 ) -> None:
-    """Upload a preset job's dataset to the node and submit the job; prints the job id.
+    """Upload a job's dataset to the node and submit the job; prints the job id.
 
-    KEY pays: a name from `tdml-node keys list` or a key file. The id is
-    printed once a block holds the job, so `job show` finds it at once.
+    The job is a preset (--job) or a spec file (--spec) with your data
+    (--data). KEY pays: a name from `tdml-node keys list` or a key file. The
+    id is printed once a block holds the job, so `job show` finds it at once.
     """
+    import dataclasses
     import time
 
     from tdml_node.client import NodeClient
-    from tdml_node.devnet import submit_job
+    from tdml_node.sdk import submit_spec
+    from tdml_node.work.specfile import parse_spec_file
+    from tdml_node.work.userdata import prepare_job
 
-    spec, dataset = load_preset(job_name, steps, text_path)
+    dataset: bytes | None
+    if spec_path is not None:
+        spec, dataset = prepare_job(parse_spec_file(spec_path), data_path)
+        if steps is not None:
+            spec = dataclasses.replace(spec, steps=steps)
+    elif data_path is not None:
+        raise click.UsageError("--data goes with --spec FILE")
+    else:
+        spec, dataset = load_preset(job_name, steps, text_path)
     key = load_named_key(key_ref, keys_dir, passphrase_file)
     client = NodeClient(url)
-    chain_id = client.call("tdml_nodeInfo")["chainId"]
-    job_id = submit_job(client, key, chain_id, spec, dataset)
+    job_id = submit_spec(client, key, spec, dataset, budget)
     deadline = time.monotonic() + wait_s
     while wait_s and client.call("tdml_getJob", job_id) is None:
         if time.monotonic() > deadline:

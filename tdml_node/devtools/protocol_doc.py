@@ -45,6 +45,7 @@ from consensus.types import (
     JobSpec,
     ModelSpec,
     OptimizerSpec,
+    Preprocessing,
     ScheduleSpec,
     VerificationPolicy,
 )
@@ -238,6 +239,9 @@ def _spec_value(preset: _Preset, field: str) -> str:
         det = "deterministic" if value.deterministic else "not deterministic"
         threads = "1 thread" if value.threads == 1 else f"{value.threads} threads"
         return f"`{value.dtype}`, {threads}, {det}, `{value.device}`, the node's torch"
+    if field == "preprocessing" and value is not None:
+        assert isinstance(value, Preprocessing)
+        return f"`{value.kind}` of {len(value.mean)} features, fitted on the train split"
     return _value_text(value)
 
 

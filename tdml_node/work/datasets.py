@@ -22,7 +22,10 @@ from collections.abc import Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
+from consensus.types import Preprocessing
 from consensus.work import InvalidWork
+from tdml_node.work.preprocess import apply as apply_preprocessing
+from tdml_node.work.preprocess import fit_standardize
 from tdml_node.work.tensors import decode_bundle, encode_bundle
 
 TASK_CLASSIFICATION = "classification"
@@ -37,19 +40,29 @@ MAX_EVAL_WINDOWS = 256
 # Builders
 
 
-def digits_bundle() -> bytes:
-    """scikit-learn's digits: 1437 train / 360 test, standardised on the train split, float32."""
+def digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """scikit-learn's digits as raw pixels (0..16), split 1437 train / 360 test: x_train, y_train, x_test, y_test."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
-    from sklearn.preprocessing import StandardScaler
 
     x, y = load_digits(return_X_y=True)
     x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.2, random_state=0)
-    scaler = StandardScaler().fit(x_train)
-    return _classification_bundle(
-        scaler.transform(x_train).astype(np.float32),
+    return np.asarray(x_train), np.asarray(y_train), np.asarray(x_test), np.asarray(y_test)
+
+
+def digits_preprocessing() -> Preprocessing:
+    """The standardisation the digits bundle applies, fitted on its train split."""
+    return fit_standardize(digits_split()[0])
+
+
+def digits_bundle() -> bytes:
+    """scikit-learn's digits: 1437 train / 360 test, standardised on the train split, float32."""
+    x_train, y_train, x_test, y_test = digits_split()
+    pre = fit_standardize(x_train)
+    return classification_bundle(
+        apply_preprocessing(pre, x_train),
         np.asarray(y_train, dtype=np.int64),
-        scaler.transform(x_test).astype(np.float32),
+        apply_preprocessing(pre, x_test),
         np.asarray(y_test, dtype=np.int64),
     )
 
@@ -74,7 +87,7 @@ def synthetic_bundle(
     points = centres[labels] + rng.normal(0.0, 1.0, size=(n_train + n_test, features))
     points = points.astype(np.float32)
     labels = labels.astype(np.int64)
-    return _classification_bundle(points[:n_train], labels[:n_train], points[n_train:], labels[n_train:])
+    return classification_bundle(points[:n_train], labels[:n_train], points[n_train:], labels[n_train:])
 
 
 def char_corpus_bundle(text: str, test_fraction: float = 0.1) -> bytes:
@@ -101,9 +114,10 @@ def vocab_text(vocab: torch.Tensor) -> str:
     return "".join(chr(int(c)) for c in vocab.tolist())
 
 
-def _classification_bundle(
+def classification_bundle(
     train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray
 ) -> bytes:
+    """The canonical bundle of float32 features and int64 labels."""
     return encode_bundle(
         {
             "train_x": torch.from_numpy(np.ascontiguousarray(train_x)),

@@ -3,8 +3,11 @@
 The file holds the model's ``state_dict`` (parameter names without the
 bundle's ``param/`` prefix; optimizer state is left out) and string metadata:
 the registry model name, its arguments as JSON, the job name, the model root
-and the dtype. ``load_exported`` rebuilds the registry model from that
-metadata and loads the weights strictly.
+and the dtype, and, when the job recorded one, its ``preprocessing`` as JSON
+with exact floats. ``load_exported`` rebuilds the registry model from that
+metadata, loads the weights strictly and, when there is a preprocessing
+record, registers a forward pre-hook that applies it, so the loaded model
+takes raw input and its parameters keep their names.
 
 This module must never write or read pickles: safetensors holds tensors and
 strings only, so loading an exported model runs no code from the file.
@@ -14,12 +17,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from safetensors import safe_open
 from safetensors.torch import load_file, save
 from torch import nn
 
 from consensus.types import JobSpec
+from tdml_node.work import preprocess
 from tdml_node.work.models import build_model, make_model_spec, model_args
 from tdml_node.work.state import PARAM_PREFIX
 from tdml_node.work.tensors import DTYPES, bundle_digest, decode_bundle, dtype_name
@@ -45,6 +50,8 @@ def export_model(spec: JobSpec, state_bundle: bytes, path: str | Path) -> dict[s
         "model_root": bundle_digest(state_bundle).hex(),
         "dtype": dtype_name(next(iter(weights.values())).dtype),
     }
+    if spec.preprocessing is not None:
+        metadata["preprocessing"] = preprocess.to_json(spec.preprocessing)
     # Serialized here and written by open(), so the file gets the usual mode (0644 under umask 022);
     # safetensors' own save_file makes it 0600, which other users cannot load.
     Path(path).write_bytes(save(weights, metadata=metadata))
@@ -64,9 +71,17 @@ def load_exported(path: str | Path) -> tuple[nn.Module, dict[str, str]]:
         args = json.loads(metadata["args"])
         spec = make_model_spec(metadata["model"], **{str(k): int(v) for k, v in args.items()})
         dtype = DTYPES[metadata["dtype"]]
+        pre = preprocess.from_json(metadata["preprocessing"]) if "preprocessing" in metadata else None
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
         raise ValueError(f"{path} is not an exported TDML model: {exc}") from exc
     model = build_model(spec, seed=0, dtype=dtype)
     model.load_state_dict(load_file(str(path)), strict=True)
     model.eval()
+    if pre is not None:
+        record = pre
+
+        def standardise(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+            return (preprocess.apply_torch(record, args[0], dtype), *args[1:])
+
+        model.register_forward_pre_hook(standardise)
     return model, metadata

@@ -12,7 +12,9 @@ thread count) can take its units.
 
 Every preset uses this process's deterministic profile (float32, one
 thread, CPU, this torch version), so the reference run and the devnet of the
-same machine agree bit for bit.
+same machine agree bit for bit. The digits presets record the standardisation
+their dataset went through (``JobSpec.preprocessing``), so an exported model
+takes raw pixels.
 
 This module must never build a spec that ``consensus.transition.validate_job_spec``
 would refuse: arguments sorted by name, decimals as text.
@@ -33,15 +35,23 @@ from consensus.types import (
     JobSpec,
     ModelSpec,
     OptimizerSpec,
+    Preprocessing,
     ScheduleSpec,
     VerificationPolicy,
 )
-from tdml_node.work.datasets import char_corpus_bundle, digits_bundle, synthetic_bundle
+from tdml_node.work.datasets import (
+    char_corpus_bundle,
+    digits_bundle,
+    digits_preprocessing,
+    synthetic_bundle,
+)
 from tdml_node.work.models import make_model_spec
 from tdml_node.work.profile import local_profile
 from tdml_node.work.tensors import decode_bundle
 
 DEFAULT_JOB = "digits-mlp"
+CHARS_TEST_FRACTION = 0.1
+"""Share of the text the ``chars-transformer`` preset holds out (its tail)."""
 
 
 def optimizer_spec(name: str, **params: str) -> OptimizerSpec:
@@ -78,6 +88,7 @@ def make_job(
     seed: int = 0,
     eval_every: int = 10,
     verification: VerificationPolicy = EXACT,
+    preprocessing: Preprocessing | None = None,
 ) -> JobSpec:
     """A job spec with the presets' defaults (local profile, exact verification, rewards 10 and 2)."""
     return JobSpec(
@@ -100,12 +111,18 @@ def make_job(
         verification=verification,
         reward_per_unit=Amount(10),
         reward_per_verdict=Amount(2),
+        preprocessing=preprocessing,
     )
 
 
 @lru_cache(maxsize=1)
 def _digits() -> bytes:
     return digits_bundle()
+
+
+@lru_cache(maxsize=1)
+def _digits_pre() -> Preprocessing:
+    return digits_preprocessing()
 
 
 @lru_cache(maxsize=1)
@@ -118,6 +135,7 @@ def _digits_mlp(text_path: Path | None) -> tuple[JobSpec, bytes]:
     return make_job(
         "digits-mlp",
         dataset=data,
+        preprocessing=_digits_pre(),
         model=make_model_spec("mlp", in_dim=64, hidden=128, layers=2, classes=10),
         optimizer=optimizer_spec("sgd", lr="0.05", momentum="0.9"),
     ), data
@@ -134,6 +152,7 @@ def _digits_mlp_local(text_path: Path | None) -> tuple[JobSpec, bytes]:
     return make_job(
         "digits-mlp-local",
         dataset=data,
+        preprocessing=_digits_pre(),
         model=make_model_spec("mlp", in_dim=64, hidden=128, layers=2, classes=10),
         optimizer=optimizer_spec("sgd", lr="0.05"),
         outer_optimizer=optimizer_spec("sgd", lr="0.7", momentum="0.9", nesterov="1"),
@@ -148,6 +167,7 @@ def _digits_cnn(text_path: Path | None) -> tuple[JobSpec, bytes]:
     return make_job(
         "digits-cnn",
         dataset=data,
+        preprocessing=_digits_pre(),
         model=make_model_spec("cnn", side=8, channels=16, classes=10),
         optimizer=optimizer_spec("sgd", lr="0.05", momentum="0.9"),
     ), data
@@ -167,7 +187,12 @@ def _synthetic_mlp(text_path: Path | None) -> tuple[JobSpec, bytes]:
 def _chars_transformer(text_path: Path | None) -> tuple[JobSpec, bytes]:
     if text_path is None:
         raise ValueError("the chars-transformer job needs a text file (text_path)")
-    data = char_corpus_bundle(Path(text_path).read_text(encoding="utf-8"))
+    return chars_transformer(Path(text_path).read_text(encoding="utf-8"))
+
+
+def chars_transformer(text: str) -> tuple[JobSpec, bytes]:
+    """The ``chars-transformer`` preset on the given text (its vocabulary sets the model's ``vocab``)."""
+    data = char_corpus_bundle(text, CHARS_TEST_FRACTION)
     vocab = int(decode_bundle(data)["vocab"].shape[0])
     return make_job(
         "chars-transformer",

@@ -71,6 +71,8 @@ def validate_job_inputs(spec: JobSpec, dataset: Dataset) -> None:
             raise InvalidWork(f"model {spec.model.name!r} is not a classifier")
         if width != dataset.features:
             raise InvalidWork(f"the model reads {width} features, the dataset has {dataset.features}")
+        if spec.preprocessing is not None and len(spec.preprocessing.mean) != dataset.features:
+            raise InvalidWork(f"the preprocessing covers {len(spec.preprocessing.mean)} features, the dataset has {dataset.features}")
         if args["classes"] < dataset.n_labels:
             raise InvalidWork(f"the model has {args['classes']} classes, the dataset {dataset.n_labels}")
     elif spec.task == TASK_CHAR_LM:

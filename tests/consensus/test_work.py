@@ -157,7 +157,8 @@ def test_checkers_exclude_the_trainer_unless_alone() -> None:
     assert trainer not in ranked
     assert sorted(ranked) == sorted(k for k in vs.keys if k != trainer)
     assert ranked == compute_checkers(job, 0, trainer, vs)
-    assert compute_checkers(job, 1, trainer, vs) != ranked or len(ranked) < 3
+    # Three checkers have six orders, so two steps may share one by chance; eight steps do not all.
+    assert len({compute_checkers(job, step, trainer, vs) for step in range(8)}) > 1
     alone, (only,) = validator_set([5])
     assert compute_checkers(job, 0, only.public_key, alone) == (only.public_key,)
 

@@ -13,14 +13,16 @@ import pytest
 from click.testing import CliRunner
 
 from consensus.codec import decode_as
+from consensus.crypto import Keypair
 from consensus.types import Genesis
 from tdml_node.cli import main
 from tdml_node.cli.job_view import job_table
 from tdml_node.devnet import Devnet, running_devnet, submit_job
-from tdml_node.keys import read_key_file
+from tdml_node.keys import read_key_file, write_key_file
 from tdml_node.work.export import load_exported
-from tdml_node.work.jobs import get_job
+from tdml_node.work.jobs import get_job, preset_spec
 from tdml_node.work.reference import run_reference
+from tdml_node.work.specfile import parse_spec
 
 
 def _umask() -> int:
@@ -43,17 +45,35 @@ def test_every_command_explains_itself() -> None:
     assert "TEST NETWORKS ONLY" in _ok(["run", "--help"])
 
 
-def test_job_presets_prints_each_presets_whole_spec() -> None:
+def test_job_presets_prints_each_presets_whole_spec_as_a_spec_file() -> None:
     out = _ok(["job", "presets"])
-    spec, _ = get_job("digits-mlp")
-    block = out.split("digits-mlp:\n", 1)[1].split("\ndigits-mlp-xprofile:", 1)[0]
-    shown = json.loads(block)
-    assert shown["type"] == "JobSpec" and shown["global_batch"] == spec.global_batch == 256
-    assert shown["optimizer"]["params"] == [{"type": "DecimalArg", "name": "lr", "value": "0.05"},
-                                            {"type": "DecimalArg", "name": "momentum", "value": "0.9"}]
-    assert "chars-transformer:\n\"needs --text FILE\"" in out
+    for name in ("digits-mlp", "digits-mlp-xprofile", "digits-mlp-local", "digits-cnn", "synthetic-mlp"):
+        block = out.split(f"# ===== {name} =====\n", 1)[1].split("# =====", 1)[0]
+        assert parse_spec(block).spec == preset_spec(name)
+    one = _ok(["job", "presets", "digits-mlp"])
+    assert "=====" not in one and parse_spec(one).spec == get_job("digits-mlp")[0]
+    assert 'lr = "0.05"' in one and "global_batch = 256" in one
+    chars = parse_spec(out.split("# ===== chars-transformer =====\n", 1)[1])
+    assert chars.vocab_from_data and chars.spec.model.name == "char_transformer"
     assert _ok(["job", "presets", "--names"]).split() == ["digits-mlp", "digits-mlp-xprofile", "digits-mlp-local",
                                                         "digits-cnn", "synthetic-mlp", "chars-transformer"]
+    unknown = CliRunner().invoke(main, ["job", "presets", "nope"])
+    assert unknown.exit_code != 0 and "unknown preset 'nope'" in unknown.output
+
+
+def test_job_submit_spec_prints_a_bad_spec_as_one_line(tmp_path: Path) -> None:
+    spec = tmp_path / "job.toml"
+    spec.write_text(_ok(["job", "presets", "digits-mlp"]).replace('name = "mlp"', 'name = "resnet"'))
+    key = tmp_path / "key.json"
+    write_key_file(key, Keypair.generate(), None, insecure=True)
+    result = CliRunner().invoke(main, ["job", "submit", "--spec", str(spec), "--key", str(key), "--url", "http://127.0.0.1:9"])
+    assert result.exit_code == 1 and result.exception is not None and isinstance(result.exception, SystemExit)
+    assert result.output.strip() == f"Error: {spec}: unknown model 'resnet'; the registry has char_transformer, cnn, mlp"
+    data = tmp_path / "d.npz"
+    data.write_bytes(b"")
+    both = CliRunner().invoke(main, ["job", "submit", "--spec", str(tmp_path / "job.toml"), "--data", str(data),
+                                     "--key", str(key), "--url", "http://127.0.0.1:9"])
+    assert both.exit_code == 1 and "Error:" in both.output and "Traceback" not in both.output
 
 
 def test_the_cli_lists_exactly_the_behaviours_there_are() -> None:

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from consensus.crypto import Keypair
 from consensus.transition import compute_job_id
@@ -25,6 +26,7 @@ from tdml_node.client import NodeClient, make_submit_job
 from tdml_node.config import load_config, write_config
 from tdml_node.devnet import Devnet, free_port, running_devnet, submit_job
 from tdml_node.storage import ChainStore, MemoryBlobStore
+from tdml_node.work.datasets import digits_split
 from tdml_node.work.executor import TorchExecutor
 from tdml_node.work.export import load_exported
 from tdml_node.work.jobs import get_job
@@ -65,6 +67,11 @@ def test_default_job_reaches_accuracy_and_equals_reference(tmp_path: Path) -> No
     model, meta = load_exported(out)
     assert meta["model_root"] == reference.final_root.hex()
     assert sum(p.numel() for p in model.parameters()) > 0
+    # The recorded standardisation travels with the model: raw pixels score what the chain reported.
+    _, _, x_test, y_test = digits_split()
+    with torch.no_grad():
+        correct = int((model(torch.from_numpy(x_test)).argmax(dim=-1).numpy() == y_test).sum())
+    assert correct / len(y_test) == last_eval["testAccuracy"]
 
 
 def _genesis_job_devnet(base: Path, steps: int) -> tuple[Devnet, bytes]:

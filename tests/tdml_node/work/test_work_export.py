@@ -11,6 +11,8 @@ from safetensors.torch import load_file
 from torch import nn
 from work_harness import advance, make_executor
 
+from tdml_node.work.aggregate import evaluate
+from tdml_node.work.datasets import Dataset, digits_split
 from tdml_node.work.export import export_model, load_exported
 from tdml_node.work.jobs import get_job
 from tdml_node.work.models import build_model
@@ -44,13 +46,15 @@ def test_export_loads_in_plain_pytorch_and_predicts_identically(tmp_path: Path) 
     assert loaded_meta == meta
 
     x = decode_bundle(data)["test_x"]
+    raw = torch.from_numpy(digits_split()[2])
     tensors = decode_bundle(state)
     for name, p in loaded.named_parameters():
         assert torch.equal(p, tensors[PARAM_PREFIX + name])
     with torch.no_grad():
         expected = plain(x)
         assert torch.equal(registry(x), expected)
-        assert torch.equal(loaded(x), expected)
+        # load_exported standardises raw pixels exactly as the dataset was built.
+        assert torch.equal(loaded(raw), expected)
 
 
 def test_export_refuses_a_state_of_another_model(tmp_path: Path) -> None:
@@ -61,3 +65,45 @@ def test_export_refuses_a_state_of_another_model(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError):
         export_model(spec, state, tmp_path / "x.safetensors")
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_exported_digits_model_scores_on_raw_pixels_what_the_chain_reports(tmp_path: Path) -> None:
+    spec, data = get_job("digits-mlp", steps=20)
+    ex = make_executor(data)
+    root = ex.initial_model_root(spec)
+    for step in range(20):
+        root = advance(ex, spec, root, step)
+    state = ex.blobs.get(root) or b""
+    path = tmp_path / "model.safetensors"
+    meta = export_model(spec, state, path)
+    assert json.loads(meta["preprocessing"])["kind"] == "standardize"
+
+    # What the chain reports: the aggregator's evaluation on the dataset blob.
+    registry = build_model(spec.model, seed=0, dtype=torch.float32)
+    registry.load_state_dict({k[len(PARAM_PREFIX) :]: v for k, v in decode_bundle(state).items() if k.startswith(PARAM_PREFIX)})
+    reported = evaluate(registry, Dataset.decode(data, task=spec.task))
+
+    _, _, x_test, y_test = digits_split()
+    loaded, _ = load_exported(path)
+    with torch.no_grad():
+        predicted = loaded(torch.from_numpy(x_test)).argmax(dim=-1).numpy()
+        unprocessed = registry(torch.from_numpy(x_test).float()).argmax(dim=-1).numpy()
+    assert int((predicted == y_test).sum()) == reported.correct and reported.total == len(y_test)
+    # Without the recorded preprocessing the raw pixels score worse: the hook matters.
+    assert int((unprocessed == y_test).sum()) < reported.correct
+
+
+def test_a_job_without_preprocessing_exports_a_model_that_takes_its_features_as_they_are(tmp_path: Path) -> None:
+    spec, data = get_job("synthetic-mlp", steps=2)
+    assert spec.preprocessing is None
+    ex = make_executor(data)
+    root = ex.initial_model_root(spec)
+    root = advance(ex, spec, root, 0)
+    meta = export_model(spec, ex.blobs.get(root) or b"", tmp_path / "m.safetensors")
+    assert "preprocessing" not in meta
+    loaded, _ = load_exported(tmp_path / "m.safetensors")
+    registry = build_model(spec.model, seed=0, dtype=torch.float32)
+    registry.load_state_dict(dict(loaded.state_dict()))
+    x = decode_bundle(data)["test_x"]
+    with torch.no_grad():
+        assert torch.equal(loaded(x), registry(x))
