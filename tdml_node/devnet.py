@@ -32,7 +32,7 @@ from rich.table import Table
 from consensus.crypto import Keypair
 from consensus.types import Genesis, JobSpec, SignedTransaction
 from tdml_node.client import NodeClient, make_submit_job
-from tdml_node.config import NodeConfig, write_config
+from tdml_node.config import NodeConfig, cookie_file, write_config
 from tdml_node.genesis import compose_genesis, write_genesis
 from tdml_node.keys import write_key_file
 
@@ -68,7 +68,7 @@ class DevnetNode:
         return self.home / "node.log"
 
     def client(self, timeout: float = 30.0) -> NodeClient:
-        return NodeClient(self.rpc_url, timeout=timeout)
+        return NodeClient(self.rpc_url, timeout=timeout, cookie=cookie_file(self.home))
 
 
 @dataclass

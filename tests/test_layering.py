@@ -28,6 +28,8 @@ BASE = {"tdml_node.config", "tdml_node.keys", "tdml_node.genesis", "tdml_node.js
 ALLOWED: dict[str, set[str]] = {
     "p2p": {"consensus"},
     **{base: {"consensus"} for base in BASE},
+    # A client built from a node home reads that home's config (RPC address, token, cookie path).
+    "tdml_node.client": {"consensus", "tdml_node.config"},
     "tdml_node.storage": {"consensus"},
     "tdml_node.pools": {"consensus"},
     "tdml_node.work": {"consensus", "tdml_node.storage"},

@@ -10,7 +10,13 @@ from pathlib import Path
 
 import click
 
-from tdml_node.cli.options import load_key, passphrase_option, url_option
+from tdml_node.cli.options import (
+    blob_client,
+    load_key,
+    passphrase_option,
+    rpc_token_option,
+    url_option,
+)
 
 JOB_HELP = "Job preset (see `tdml-node job presets`)."
 TEXT_HELP = "Text file (chars-transformer)."
@@ -45,6 +51,7 @@ def job_presets(names: bool) -> None:
 @passphrase_option
 @click.option("--budget", type=int, help="Escrowed reward budget (default: enough for every unit).")
 @url_option
+@rpc_token_option
 def job_submit(
     job_name: str,
     steps: int | None,
@@ -53,16 +60,21 @@ def job_submit(
     passphrase_file: Path | None,
     budget: int | None,
     url: str,
+    rpc_token: str | None,
+    token_home: Path | None,
 ) -> None:
-    """Upload a preset job's dataset to the node and submit the job."""
-    from tdml_node.client import NodeClient, RpcCallError
+    """Upload a preset job's dataset to the node and submit the job.
+
+    The upload needs the node's token: --rpc-token, $TDML_RPC_TOKEN, or --home of a local node (its cookie).
+    """
+    from tdml_node.client import RpcCallError
     from tdml_node.devnet import submit_job
     from tdml_node.work.jobs import get_job
 
     spec, dataset = get_job(job_name, steps=steps, text_path=text_path)
     key = load_key(key_file, passphrase_file)
     try:
-        client = NodeClient(url)
+        client = blob_client(url, rpc_token, token_home)
         chain_id = client.call("tdml_nodeInfo")["chainId"]
         job_id = submit_job(client, key, chain_id, spec, dataset)
     except RpcCallError as exc:
