@@ -42,6 +42,8 @@ class RpcPolicy:
     """Host names (any scheme, any port) of the web origins allowed to call; ``*`` allows any."""
     tokens: tuple[str, ...] = ()
     """Bearer tokens that may upload blobs (the cookie's, an operator's fixed one); none: no uploads."""
+    max_blob_bytes: int = 256 * 1024 * 1024
+    """The largest blob upload; bigger bodies are refused (413) as soon as they pass it."""
     body_timeout_s: float = 30.0
     """A JSON-RPC body not received whole within this is cut (slowloris bodies)."""
     blob_timeout_s: float = 300.0

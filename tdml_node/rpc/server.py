@@ -35,7 +35,7 @@ from tdml_node.storage import StorageError
 log = logging.getLogger("tdml.rpc")
 
 MAX_RPC_BODY = 4 * 1024 * 1024
-MAX_BLOB_BODY = 256 * 1024 * 1024
+MAX_BLOB_BODY = RpcPolicy.max_blob_bytes
 
 
 JSON_TYPE = "application/json"
@@ -135,7 +135,7 @@ class RpcServer:
         if media_type(request.headers.get("Content-Type")) != BLOB_TYPE:
             return web.Response(status=415, text=f"blob uploads must be {BLOB_TYPE}")
         try:
-            data = await read_body(request, MAX_BLOB_BODY, self.policy.blob_timeout_s)
+            data = await read_body(request, self.policy.max_blob_bytes, self.policy.blob_timeout_s)
         except BodyRefused as exc:
             return _closing(web.Response(status=exc.status, text=exc.message))
         if not data:

@@ -59,9 +59,10 @@ class WsLimits:
 
 
 async def serve_websocket(request: web.Request, node: NodeView, dispatcher: Dispatcher, limits: WsLimits) -> web.WebSocketResponse:
-    ws = web.WebSocketResponse(heartbeat=30, max_msg_size=limits.max_message)
+    ws = web.WebSocketResponse(heartbeat=30, max_msg_size=limits.max_message, writer_limit=limits.send_buffer)
     await ws.prepare(request)
-    _bound_send_buffer(request, limits.send_buffer)
+    transport = request.transport
+    _bound_send_buffer(transport, limits.send_buffer)
     outbox: asyncio.Queue[Any] = asyncio.Queue()
     room = asyncio.Event()
     subscriptions: set[str] = set()
@@ -71,10 +72,11 @@ async def serve_websocket(request: web.Request, node: NodeView, dispatcher: Disp
         if cut_reason:
             return
         cut_reason.append(reason)
+        room.set()  # a request waiting for room in the outbox must not wait for a writer that is gone
         log.info("websocket client %s cut off: %s", request.remote, reason)
         if asyncio.current_task() is not send_task:
             send_task.cancel()
-        cutters.add(asyncio.get_running_loop().create_task(_cut(ws, request, reason)))
+        cutters.add(asyncio.get_running_loop().create_task(cut(reason)))
 
     def on_block(committed: CommittedBlock) -> None:
         if not subscriptions or cut_reason:
@@ -100,15 +102,12 @@ async def serve_websocket(request: web.Request, node: NodeView, dispatcher: Disp
                 return
 
     async def answer(message: Any) -> None:
-        while outbox.qsize() >= limits.answer_room:
+        while outbox.qsize() >= limits.answer_room and not cut_reason:
             room.clear()
             await room.wait()
         outbox.put_nowait(message)
 
-    cutters: set[asyncio.Task[None]] = set()
-    node.add_block_listener(on_block)
-    send_task = asyncio.create_task(writer())
-    try:
+    async def read() -> None:
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
                 text: str | None = msg.data
@@ -122,19 +121,36 @@ async def serve_websocket(request: web.Request, node: NodeView, dispatcher: Disp
                 reply = await handle_text(text, subscriptions, dispatcher, limits.max_subscriptions)
             if reply is not None and not cut_reason:
                 await answer(reply)
+
+    async def cut(reason: str) -> None:
+        # A client that does not read may not take the close frame either: try briefly, then drop the
+        # socket, and stop reading (aiohttp may not wake a receive() on a connection aborted here).
+        closing = asyncio.ensure_future(ws.close(code=WSCloseCode.POLICY_VIOLATION, message=reason.encode()[:120]))
+        closing.add_done_callback(lambda f: f.cancelled() or f.exception())
+        # Awaited through wait(), not directly: aiohttp's close() may cancel the task that awaits it.
+        await asyncio.wait({closing}, timeout=1.0)
+        closing.cancel()
+        if transport is not None:
+            transport.abort()
+        reading.cancel()
+
+    cutters: set[asyncio.Task[None]] = set()
+    node.add_block_listener(on_block)
+    send_task = asyncio.create_task(writer())
+    reading = asyncio.create_task(read())
+    try:
+        await asyncio.wait({reading})
     finally:
         node.remove_block_listener(on_block)
-        send_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await send_task
-        for task in list(cutters):
-            with contextlib.suppress(asyncio.CancelledError):
+        for task in (reading, send_task, *cutters):
+            task.cancel()
+        for task in (reading, send_task, *cutters):
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
                 await task
     return ws
 
 
-def _bound_send_buffer(request: web.Request, size: int) -> None:
-    transport = request.transport
+def _bound_send_buffer(transport: asyncio.Transport | None, size: int) -> None:
     if transport is None:
         return
     sock = transport.get_extra_info("socket")
@@ -142,15 +158,6 @@ def _bound_send_buffer(request: web.Request, size: int) -> None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
     transport.set_write_buffer_limits(high=size)
-
-
-async def _cut(ws: web.WebSocketResponse, request: web.Request, reason: str) -> None:
-    # A client that does not read may not take the close frame either: try briefly, then drop the socket.
-    with contextlib.suppress(Exception):
-        async with asyncio.timeout(1.0):
-            await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=reason.encode()[:120])
-    if request.transport is not None:
-        request.transport.abort()
 
 
 def _utf8(data: bytes) -> str | None:
