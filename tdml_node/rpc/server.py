@@ -20,6 +20,7 @@ import logging
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from consensus.types import Hash32
 from tdml_node.jsonview import hex0x
@@ -38,6 +39,21 @@ MAX_RPC_BODY = 4 * 1024 * 1024
 MAX_BLOB_BODY = RpcPolicy.max_blob_bytes
 
 
+class _ClientFaults(logging.Filter):
+    """aiohttp logs every malformed request at ERROR with a traceback, though it is the client's
+    fault and answered 400: a hostile client could flood the log. Such records go down to DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and exc.code < 500:
+            record.msg = f"{record.getMessage()}: {exc.code} {exc.message.splitlines()[0] if exc.message else ''}"
+            record.args = None
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+CLIENT_FAULTS = _ClientFaults()
 JSON_TYPE = "application/json"
 BLOB_TYPE = "application/octet-stream"
 
@@ -61,6 +77,7 @@ class RpcServer:
         self.methods = RpcMethods(node, dev=dev)
         self.dispatcher = Dispatcher(self.methods.table, self._storage_failed, node.metrics.observe_rpc)
         self._runner: web.AppRunner | None = None
+        logging.getLogger("aiohttp.server").addFilter(CLIENT_FAULTS)
 
     def make_app(self) -> web.Application:
         # Bodies are read through ``read_body``; nothing should ever buffer more than a JSON-RPC body.
