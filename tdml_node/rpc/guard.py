@@ -96,7 +96,8 @@ def bearer_ok(authorization: str | None, tokens: tuple[str, ...]) -> bool:
     scheme, _, value = authorization.strip().partition(" ")
     if scheme.lower() != "bearer" or not value.strip():
         return False
-    given = value.strip().encode()
+    # aiohttp decodes header bytes that are not UTF-8 as surrogates: encode them back, never fail on them.
+    given = value.strip().encode("utf-8", "surrogateescape")
     # compare_digest against every token so the time taken says nothing about a near miss.
     return any([hmac.compare_digest(given, t.encode()) for t in tokens if t])
 

@@ -266,8 +266,11 @@ async def check_final(h: HttpHarness) -> dict[str, int]:
         writer.close()
     if _status(line) != 200:
         raise FuzzFailure("unhealthy", f"/health answered {line[:80]!r}")
-    async with asyncio.timeout(10):
-        while len(h.node._listeners) > h.listeners:
-            await asyncio.sleep(0.05)
+    try:
+        async with asyncio.timeout(10):
+            while len(h.node._listeners) > h.listeners:
+                await asyncio.sleep(0.05)
+    except TimeoutError as exc:
+        raise FuzzFailure("leak", f"{len(h.node._listeners) - h.listeners} closed websockets left a block listener") from exc
     check_logs(h)
-    return {"http_height": h.node.state.height}
+    return {"height": h.node.state.height}

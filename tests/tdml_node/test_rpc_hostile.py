@@ -132,8 +132,8 @@ async def test_chunked_oversized_bodies_are_refused_at_the_limit(live: Live) -> 
     assert sent < 64 * 1024 * 1024
     async with live.http.post(live.url + "/", data=b"x", headers={**JSON, "Content-Length": str(5 * 1024 * 1024)}) as resp:
         assert resp.status == 413
-    status, answer = await live.rpc("tdml_blockNumber")
-    assert status == 200 and isinstance(answer["result"], int)
+    code, answer = await live.rpc("tdml_blockNumber")
+    assert code == 200 and isinstance(answer["result"], int)
 
 
 async def test_a_slow_body_is_cut_at_the_deadline(live: Live) -> None:
