@@ -8,6 +8,8 @@ restart the old token no longer works and the clients read the new one.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,17 @@ from tdml_node.config import cookie_file
 from tdml_node.devnet import Devnet, running_devnet
 
 pytestmark = pytest.mark.slow
+
+
+def _wait(condition: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def _nonce(client: NodeClient, account: str) -> int:
+    return int(client.call("tdml_getAccount", account)["nonce"])
 
 
 def test_the_cookie_authorizes_uploads_and_changes_at_each_start(tmp_path: Path) -> None:
@@ -34,13 +47,18 @@ def test_the_cookie_authorizes_uploads_and_changes_at_each_start(tmp_path: Path)
             with pytest.raises(RpcCallError) as refused:
                 stranger.put_blob(b"refused")
             assert refused.value.code == 401
-        result = CliRunner().invoke(
-            main,
-            ["job", "submit", "--job", "digits-mlp", "--steps", "1", "--key", str(devnet.base / "client_key.json"),
-             "--url", node.rpc_url, "--home", str(node.home)],
-        )
-        assert result.exit_code == 0, result.output
-        assert result.output.strip().startswith("0x")
+        submit = ["job", "submit", "--job", "digits-mlp", "--steps", "1", "--key", str(devnet.base / "client_key.json"),
+                  "--url", node.rpc_url]
+        account = "0x" + devnet.client_key.address.hex()
+        for submitted, (extra, env) in enumerate(
+            ((["--home", str(node.home)], {}), (["--rpc-token", first], {}), ([], {"TDML_RPC_TOKEN": first})), 1
+        ):
+            result = CliRunner().invoke(main, submit + extra, env=env)
+            assert result.exit_code == 0, result.output
+            assert result.output.strip().startswith("0x")
+            _wait(lambda: _nonce(node.client(), account) >= submitted)  # noqa: B023 (called at once)
+        no_token = CliRunner().invoke(main, submit, env={"TDML_RPC_TOKEN": ""})
+        assert no_token.exit_code != 0 and "401" in no_token.output
         devnet.stop(node)
         devnet.start(node)
         devnet.wait_ready()
