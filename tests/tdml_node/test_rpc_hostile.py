@@ -193,6 +193,20 @@ async def test_foreign_origins_and_hosts_are_refused(live: Live, headers: dict[s
     assert ws_status == (101 if status == 200 else 403)
 
 
+async def test_an_allowed_origin_gets_cors_answers(live: Live) -> None:
+    origin = {"Origin": "http://localhost:3000"}
+    preflight = {**origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"}
+    async with live.http.options(live.url + "/", headers=preflight) as resp:
+        assert resp.status == 204
+        assert resp.headers["Access-Control-Allow-Origin"] == origin["Origin"]
+        assert "content-type" in resp.headers["Access-Control-Allow-Headers"].lower()
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tdml_blockNumber"})
+    async with live.http.post(live.url + "/", data=body, headers={**JSON, **origin}) as resp:
+        assert resp.status == 200 and resp.headers["Access-Control-Allow-Origin"] == origin["Origin"]
+    async with live.http.options(live.url + "/", headers={**preflight, "Origin": "http://evil.example"}) as resp:
+        assert resp.status == 403 and "Access-Control-Allow-Origin" not in resp.headers
+
+
 async def test_configured_vhosts_and_origins_replace_the_defaults(node: Node) -> None:
     policy = RpcPolicy(vhosts=("node.example",), cors_origins=("app.example",))
     async with serving(node, policy) as port, aiohttp.ClientSession() as http:
