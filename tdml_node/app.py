@@ -31,7 +31,7 @@ from tdml_node.config import NodeConfig
 from tdml_node.devtools.wiring import BehaviourError, behaviour_seams, register_metrics
 from tdml_node.node import open_node
 from tdml_node.node.lifecycle import warn_without_bootstrap, watch
-from tdml_node.rpc import RpcServer
+from tdml_node.rpc import RpcPolicy, RpcServer, write_cookie
 from tdml_node.storage import ChainStore, StorageError
 
 log = logging.getLogger("tdml.app")
@@ -75,7 +75,13 @@ async def serve(config: NodeConfig, keypair: Keypair, genesis: Genesis) -> int:
             if behaviour is not None:
                 log.warning("BYZANTINE behaviour %r is active (test network only)", behaviour.name)
                 register_metrics(behaviour, node.metrics.registry, lambda: node.height)
-            rpc = RpcServer(node, config.rpc_host, config.rpc_port, dev=config.dev)
+            cookie = write_cookie(config.rpc_cookie_file)
+            policy = RpcPolicy(
+                vhosts=config.rpc_vhosts,
+                cors_origins=config.rpc_cors_origins,
+                tokens=tuple(t for t in (cookie, config.rpc_token) if t),
+            )
+            rpc = RpcServer(node, config.rpc_host, config.rpc_port, dev=config.dev, policy=policy)
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError):

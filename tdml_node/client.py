@@ -2,6 +2,9 @@
 
 Used by the CLI, the devnet driver, tests and benchmarks. It speaks plain
 HTTP through the standard library so a client needs nothing but this package.
+Blob uploads carry a bearer token: one given, or the one in a node's
+``rpc.cookie`` (read at each upload, since the node replaces it at every
+start); ``client_for_home`` builds a client for the node of a home directory.
 
 This module must never hold a node's state; it only talks to one.
 """
@@ -12,6 +15,7 @@ import itertools
 import json
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from consensus.codec import encode
@@ -27,6 +31,7 @@ from consensus.types import (
     Transaction,
     Transfer,
 )
+from tdml_node.config import load_config
 
 
 class RpcCallError(Exception):
@@ -56,10 +61,23 @@ def _reason_text(reason: object) -> str:
 
 
 class NodeClient:
-    def __init__(self, url: str, timeout: float = 30.0) -> None:
+    def __init__(self, url: str, timeout: float = 30.0, *, token: str | None = None, cookie: Path | None = None) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self.token = token
+        self.cookie = cookie
         self._ids = itertools.count(1)
+
+    def blob_token(self) -> str | None:
+        """The token given, else the cookie file's current one, else None (uploads will be refused)."""
+        if self.token:
+            return self.token
+        if self.cookie is None:
+            return None
+        try:
+            return self.cookie.read_text().strip() or None
+        except OSError:
+            return None
 
     def call(self, method: str, *params: Any) -> Any:
         body = json.dumps({"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": list(params)})
@@ -77,7 +95,9 @@ class NodeClient:
             return None
 
     def put_blob(self, data: bytes) -> str:
-        answer = self._post_json("/blob", data, content_type="application/octet-stream")
+        token = self.blob_token()
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        answer = self._post_json("/blob", data, content_type="application/octet-stream", headers=headers)
         digest: str = answer["digest"]
         return digest
 
@@ -99,8 +119,10 @@ class NodeClient:
         nonce: int = self.call("tdml_getAccount", "0x" + keypair.address.hex())["nonce"]
         return nonce
 
-    def _post_json(self, path: str, data: bytes, content_type: str = "application/json") -> Any:
-        req = urllib.request.Request(self.url + path, data=data, headers={"Content-Type": content_type})
+    def _post_json(
+        self, path: str, data: bytes, content_type: str = "application/json", headers: dict[str, str] | None = None
+    ) -> Any:
+        req = urllib.request.Request(self.url + path, data=data, headers={"Content-Type": content_type, **(headers or {})})
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 return json.loads(resp.read())
@@ -108,6 +130,17 @@ class NodeClient:
             raise RpcCallError(exc.code, exc.read().decode(errors="replace")) from exc
         except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
             raise NodeUnreachable(self.url, getattr(exc, "reason", exc)) from exc
+
+
+def client_for_home(home: Path, timeout: float = 30.0, token: str | None = None) -> NodeClient:
+    """A client for the node of ``home``: its RPC address, and its fixed token or else its cookie."""
+    config = load_config(home)
+    host = config.rpc_host if config.rpc_host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    netloc = f"[{host}]" if ":" in host else host
+    return NodeClient(
+        f"http://{netloc}:{config.rpc_port}", timeout, token=token or config.rpc_token or None,
+        cookie=config.rpc_cookie_file,
+    )
 
 
 def sign_transaction(keypair: Keypair, chain_id: str, tx: Transaction) -> SignedTransaction:

@@ -25,6 +25,8 @@ CONFIG_FILE = "config.toml"
 GENESIS_FILE = "genesis.bin"
 KEY_FILE = "node_key.json"
 DATA_DIR = "data"
+RPC_COOKIE_FILE = "rpc.cookie"
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
 class ConfigError(Exception):
@@ -36,6 +38,12 @@ class NodeConfig:
     home: Path
     rpc_host: str = "127.0.0.1"
     rpc_port: int = 8645
+    rpc_vhosts: tuple[str, ...] = LOOPBACK_NAMES
+    """Host names requests may be addressed to (any port); "*" allows any (geth's --http.vhosts)."""
+    rpc_cors_origins: tuple[str, ...] = LOOPBACK_NAMES
+    """Host names of the web origins allowed to call (any scheme, port); "*" allows any (--http.corsdomain)."""
+    rpc_token: str = ""
+    """A fixed bearer token for blob uploads from remote clients, accepted besides the rpc.cookie's."""
     p2p_host: str = "127.0.0.1"
     p2p_port: int = 26656
     external_address: str = ""
@@ -69,6 +77,11 @@ class NodeConfig:
         return self.home / DATA_DIR
 
     @property
+    def rpc_cookie_file(self) -> Path:
+        """Written at every start, mode 0600: the bearer token that may upload blobs."""
+        return cookie_file(self.home)
+
+    @property
     def key_file(self) -> Path:
         return self.home / KEY_FILE
 
@@ -86,6 +99,10 @@ class NodeConfig:
             precommit_ms=self.timeout_precommit_ms,
             precommit_delta_ms=self.timeout_precommit_delta_ms,
         )
+
+
+def cookie_file(home: Path) -> Path:
+    return home / DATA_DIR / RPC_COOKIE_FILE
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(NodeConfig) if f.name != "home"}
@@ -140,6 +157,9 @@ def _coerce(key: str, value: Any) -> Any:
 COMMENTS: dict[str, str] = {
     "rpc_host": "Address the JSON-RPC server binds; keep 127.0.0.1 unless a proxy guards it.",
     "rpc_port": "JSON-RPC port (`tdml-node rpc`, `job`, `register` talk to it); /health and /metrics too.",
+    "rpc_vhosts": 'Host names requests may be addressed to, any port ("*": any); loopback names by default.',
+    "rpc_cors_origins": 'Host names of web pages that may call the RPC ("*": any); loopback names by default.',
+    "rpc_token": "A fixed bearer token for blob uploads from other machines, besides data/rpc.cookie's.",
     "p2p_host": "Address the peer-to-peer listener binds (0.0.0.0 to accept peers from other machines).",
     "p2p_port": "Peer-to-peer port.",
     "external_address": 'The "host:port" peers should dial, when not the listener\'s (behind NAT).',

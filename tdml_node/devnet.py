@@ -27,7 +27,7 @@ from typing import Any
 from consensus.crypto import Keypair
 from consensus.types import Genesis, JobSpec, SignedTransaction
 from tdml_node.client import NodeClient
-from tdml_node.config import NodeConfig, write_config
+from tdml_node.config import NodeConfig, cookie_file, write_config
 from tdml_node.genesis import compose_genesis, write_genesis
 from tdml_node.keys import write_key_file
 
@@ -66,7 +66,7 @@ class DevnetNode:
         return self.home / "node.log" if self.log_dir is None else self.log_dir / f"node{self.index}.log"
 
     def client(self, timeout: float = 30.0) -> NodeClient:
-        return NodeClient(self.rpc_url, timeout=timeout)
+        return NodeClient(self.rpc_url, timeout=timeout, cookie=cookie_file(self.home))
 
 
 @dataclass

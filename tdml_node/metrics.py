@@ -6,7 +6,15 @@ share counters. This module must never change what the node does.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 
 from consensus.types import Block, StepOutcome
 
@@ -31,8 +39,25 @@ class NodeMetrics:
         self.peer_messages_dropped = Counter(
             "tdml_peer_messages_dropped", "Peers' consensus messages dropped because the inbox was full", registry=r
         )
+        self.commit_round = Histogram(
+            "tdml_commit_round", "Consensus round in which each committed height was decided", registry=r,
+            buckets=(0, 1, 2, 3, 5, 8, 13, 21),
+        )
+        self.rpc_seconds = Histogram(
+            "tdml_rpc_seconds", "Time to answer one JSON-RPC call, by method", ["method"], registry=r,
+            buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0),
+        )
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
 
-    def observe_commit(self, seconds: float, block: Block, completed: tuple[StepOutcome, ...]) -> None:
+    def observe_rpc(self, method: str, seconds: float) -> None:
+        """Called for known methods only, so the label set stays bounded."""
+        self.rpc_seconds.labels(method).observe(seconds)
+
+    def observe_commit(
+        self, seconds: float, block: Block, completed: tuple[StepOutcome, ...], round_: int = 0
+    ) -> None:
+        self.commit_round.observe(round_)
         self.height.set(block.header.height)
         self.blocks.inc()
         self.commit_seconds.observe(seconds)

@@ -32,6 +32,7 @@ from consensus.crypto import Keypair
 from consensus.transition import compute_job_id
 from consensus.types import JobSpec
 from tdml_node.client import NodeClient, make_submit_job
+from tdml_node.config import load_config
 from tdml_node.keys import read_key_file
 
 
@@ -147,10 +148,24 @@ class Job:
 
 
 class Client:
-    """A node's URL and the paying account's key; ``key`` is a key file (or a ``Keypair``)."""
+    """A node's URL and the paying account's key; ``key`` is a key file (or a ``Keypair``).
 
-    def __init__(self, url: str, *, key: str | Path | Keypair, passphrase: str | None = None, timeout: float = 30.0) -> None:
-        self.node = NodeClient(url, timeout=timeout)
+    Uploading a dataset needs the node's RPC token: ``token``, or
+    ``home``, a local node's home whose cookie file holds the current one.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        key: str | Path | Keypair,
+        passphrase: str | None = None,
+        token: str | None = None,
+        home: str | Path | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        cookie = None if home is None else load_config(Path(home).expanduser()).rpc_cookie_file
+        self.node = NodeClient(url, timeout=timeout, token=token, cookie=cookie)
         if isinstance(key, Keypair):
             self.key = key
         else:

@@ -32,6 +32,8 @@ ALLOWED: dict[str, set[str]] = {
     "tdml_node.keystore": {"consensus", "tdml_node.keys"},
     # The configuration accepts exactly the log levels and formats the formatter knows.
     "tdml_node.config": {"consensus", "tdml_node.logfmt"},
+    # A client built from a node home reads that home's config (RPC address, token, cookie path).
+    "tdml_node.client": {"consensus", "tdml_node.config"},
     "tdml_node.storage": {"consensus"},
     "tdml_node.pools": {"consensus"},
     "tdml_node.work": {"consensus", "tdml_node.storage"},
@@ -59,7 +61,7 @@ ALLOWED: dict[str, set[str]] = {
     # The Python client of your own job: it talks to a node (client), reads key
     # files (keys), and converts data, builds and exports models (work); the
     # executor it uses to compute the initial model root holds blobs in memory.
-    "tdml_node.sdk": {"consensus", "tdml_node.client", "tdml_node.keys", "tdml_node.work", "tdml_node.storage"},
+    "tdml_node.sdk": {"consensus", "tdml_node.client", "tdml_node.config", "tdml_node.keys", "tdml_node.work", "tdml_node.storage"},
     "tdml_node.cli": {
         "consensus", "tdml_node", "tdml_node.app", "tdml_node.devnet", "tdml_node.devnet_live", "tdml_node.devtools",
         "tdml_node.work", "tdml_node.keystore", "tdml_node.sdk", *BASE,

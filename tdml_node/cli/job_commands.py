@@ -15,11 +15,13 @@ import click
 
 from tdml_node.cli.options import (
     JOB_ID,
+    blob_client,
     check_preset,
     key_option,
     load_named_key,
     load_preset,
     passphrase_option,
+    rpc_token_option,
     url_option,
 )
 
@@ -75,6 +77,7 @@ def job_presets(name: str | None, names: bool) -> None:
     help="Seconds to wait for the job to be on the chain before printing its id (0: print at once).",
 )
 @url_option
+@rpc_token_option
 def job_submit(
     job_name: str,
     spec_path: Path | None,
@@ -87,17 +90,20 @@ def job_submit(
     budget: int | None,
     wait_s: float,
     url: str,
+    rpc_token: str | None,
+    token_home: Path | None,
 ) -> None:
     """Upload a job's dataset to the node and submit the job; prints the job id.
 
     The job is a preset (--job) or a spec file (--spec) with your data
     (--data). KEY pays: a name from `tdml-node keys list` or a key file. The
     id is printed once a block holds the job, so `job show` finds it at once.
+    The upload needs the node's token: --rpc-token, $TDML_RPC_TOKEN, or
+    --home of a local node (its cookie).
     """
     import dataclasses
     import time
 
-    from tdml_node.client import NodeClient
     from tdml_node.sdk import submit_spec
     from tdml_node.work.specfile import parse_spec_file
     from tdml_node.work.userdata import prepare_job
@@ -112,7 +118,7 @@ def job_submit(
     else:
         spec, dataset = load_preset(job_name, steps, text_path)
     key = load_named_key(key_ref, keys_dir, passphrase_file)
-    client = NodeClient(url)
+    client = blob_client(url, rpc_token, token_home)
     job_id = submit_spec(client, key, spec, dataset, budget)
     deadline = time.monotonic() + wait_s
     while wait_s and client.call("tdml_getJob", job_id) is None:

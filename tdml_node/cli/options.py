@@ -31,6 +31,25 @@ def url_option(fn: F) -> F:
     return click.option("--url", default=DEFAULT_URL, show_default=True, envvar="TDML_RPC", help="Node RPC URL.")(fn)
 
 
+def rpc_token_option(fn: F) -> F:
+    """``--rpc-token`` (also ``$TDML_RPC_TOKEN``) for blob uploads, with ``--home`` naming a node whose cookie to use."""
+    fn = click.option(
+        "--rpc-token", envvar="TDML_RPC_TOKEN", help="Bearer token for blob uploads (else the cookie of --home)."
+    )(fn)
+    return click.option(
+        "--home", "token_home", type=click.Path(exists=True, path_type=Path),
+        help="A local node's home: its data/rpc.cookie authorizes blob uploads.",
+    )(fn)
+
+
+def blob_client(url: str, rpc_token: str | None, token_home: Path | None) -> Any:
+    """A ``NodeClient`` for ``url`` that can upload blobs: with the token given, or the home's cookie."""
+    from tdml_node.client import NodeClient
+    from tdml_node.config import cookie_file
+
+    return NodeClient(url, token=rpc_token or None, cookie=cookie_file(token_home) if token_home else None)
+
+
 def passphrase_option(fn: F) -> F:
     return click.option("--passphrase-file", type=click.Path(exists=True, path_type=Path), help=PASS_HELP)(fn)
 

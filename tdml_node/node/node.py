@@ -443,7 +443,7 @@ class Node:
         except LocalFault as exc:
             self.halt(exc)
             raise NodeHalted(f"stopping: {exc}") from exc
-        parts.metrics.observe_commit(time.perf_counter() - started, block, result.completed)
+        parts.metrics.observe_commit(time.perf_counter() - started, block, result.completed, cert.round)
         self._chain.advance(result.state)
         state = self.state
         parts.checker.forget_all()

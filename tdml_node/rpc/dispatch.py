@@ -1,7 +1,8 @@
 """JSON-RPC 2.0 framing: requests and batches in, results and standard errors out.
 
 A batch holds at most ``MAX_BATCH`` requests; notifications (no ``id``) get
-no answer; a storage failure met by a method halts the node (through the
+no answer; ``params``, when given, must be an array or an object (else
+-32600); the time each known method takes goes to ``observe``; a storage failure met by a method halts the node (through the
 ``on_storage_failure`` callback) and is answered as an internal error.
 
 This module must never know what a method does: it binds params and calls.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -32,9 +34,15 @@ MAX_BATCH = 100
 
 
 class Dispatcher:
-    def __init__(self, table: dict[str, Method], on_storage_failure: Callable[[StorageError], None]) -> None:
+    def __init__(
+        self,
+        table: dict[str, Method],
+        on_storage_failure: Callable[[StorageError], None],
+        observe: Callable[[str, float], None] | None = None,
+    ) -> None:
         self.table = table
         self._on_storage_failure = on_storage_failure
+        self._observe = observe
 
     async def dispatch_bytes(self, body: bytes | str) -> Any:
         try:
@@ -64,11 +72,15 @@ class Dispatcher:
         rid = req.get("id")
         if not is_notification and not valid_id(rid):
             return error(None, INVALID_REQUEST, "id must be a string, a number or null")
+        params = req.get("params", [])
+        if not isinstance(params, list | dict):
+            return None if is_notification else error(rid, INVALID_REQUEST, "params must be an array or an object")
         method = self.table.get(req["method"])
+        started = time.perf_counter()
         try:
             if method is None:
                 raise RpcError(METHOD_NOT_FOUND, f"method {req['method']!r} not found")
-            args = bind(method, req.get("params", []))
+            args = bind(method, params)
             result = await method.fn(*args)
         except RpcError as exc:
             return None if is_notification else error(rid, exc.code, exc.message)
@@ -78,6 +90,9 @@ class Dispatcher:
         except Exception as exc:
             log.exception("internal error in %s", req.get("method"))
             return None if is_notification else error(rid, INTERNAL_ERROR, f"internal error: {type(exc).__name__}")
+        finally:
+            if method is not None and self._observe is not None:
+                self._observe(req["method"], time.perf_counter() - started)
         return None if is_notification else {"jsonrpc": "2.0", "id": rid, "result": result}
 
 

@@ -7,6 +7,7 @@ The standard error codes (Ethereum's conventions where they fit):
 - ``-32601`` method not found
 - ``-32602`` invalid params (wrong count, type, format, or size)
 - ``-32603`` internal error
+- ``-32005`` limit exceeded (too many subscriptions on one websocket)
 - ``-32010`` transaction rejected (the message says why)
 
 A method declares its parameters as ``Param``s; ``bind`` matches a request's
@@ -16,6 +17,7 @@ the node.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,11 +29,14 @@ INVALID_REQUEST = -32600
 METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
+LIMIT_EXCEEDED = -32005
 TX_REJECTED = -32010
 
 MAX_HEIGHT = 2**64 - 1
 """Block numbers above this cannot name a block (heights are 64-bit keys in the store)."""
 _REQUIRED = object()
+_QUANTITY = re.compile(r"0x(0|[1-9a-f][0-9a-f]*)")
+"""A block number in hex: lower-case, no leading zeros, no underscores, no sign (Ethereum's QUANTITY)."""
 
 
 class RpcError(Exception):
@@ -111,15 +116,13 @@ def parse_block_tag(value: Any) -> int | str:
         return str(value)
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_HEIGHT:
         return value
-    if isinstance(value, str) and value.startswith("0x"):
-        try:
-            number = int(value, 16)
-        except ValueError:
-            pass
-        else:
-            if 0 <= number <= MAX_HEIGHT:
-                return number
-    raise RpcError(INVALID_PARAMS, "a block is a non-negative number, 0x-hex quantity, 'latest' or 'earliest'")
+    if isinstance(value, str) and len(value) <= 18 and _QUANTITY.fullmatch(value):
+        number = int(value, 16)
+        if number <= MAX_HEIGHT:
+            return number
+    raise RpcError(
+        INVALID_PARAMS, "a block is a non-negative number, a canonical 0x-hex quantity, 'latest' or 'earliest'"
+    )
 
 
 def bind(method: Method, params: Any) -> list[Any]:

@@ -5,7 +5,8 @@ websocket with block subscriptions; ``GET /health`` says whether the node
 is up; ``GET /metrics`` serves Prometheus metrics; ``GET /blob/<digest>``
 and ``POST /blob`` move content-addressed blobs (datasets, model states)
 without hex-encoding them into JSON. The server binds to 127.0.0.1 unless
-told otherwise.
+told otherwise; ``guard`` says who may call it (vhosts, origins, content
+types, the blob token) and ``body`` bounds what a request may send.
 
 It sees the node only as a ``NodeView``. This module must never change node
 state except through that view's entry points (``submit_transaction``, the
@@ -19,33 +20,68 @@ import logging
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from consensus.types import Hash32
 from tdml_node.jsonview import hex0x
+from tdml_node.rpc.body import BodyRefused, read_body
 from tdml_node.rpc.dispatch import Dispatcher, error
+from tdml_node.rpc.guard import RpcPolicy, bearer_ok, guard_middleware, media_type
 from tdml_node.rpc.methods import RpcMethods
 from tdml_node.rpc.params import INVALID_REQUEST
-from tdml_node.rpc.websocket import serve_websocket
+from tdml_node.rpc.websocket import WsLimits, serve_websocket
 from tdml_node.runtime.views import NodeView
 from tdml_node.storage import StorageError
 
 log = logging.getLogger("tdml.rpc")
 
 MAX_RPC_BODY = 4 * 1024 * 1024
-MAX_BLOB_BODY = 256 * 1024 * 1024
+MAX_BLOB_BODY = RpcPolicy.max_blob_bytes
+
+
+class _ClientFaults(logging.Filter):
+    """aiohttp logs every malformed request at ERROR with a traceback, though it is the client's
+    fault and answered 400: a hostile client could flood the log. Such records go down to DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and exc.code < 500:
+            record.msg = f"{record.getMessage()}: {exc.code} {exc.message.splitlines()[0] if exc.message else ''}"
+            record.args = None
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+CLIENT_FAULTS = _ClientFaults()
+JSON_TYPE = "application/json"
+BLOB_TYPE = "application/octet-stream"
 
 
 class RpcServer:
-    def __init__(self, node: NodeView, host: str, port: int, *, dev: bool = False) -> None:
+    def __init__(
+        self,
+        node: NodeView,
+        host: str,
+        port: int,
+        *,
+        dev: bool = False,
+        policy: RpcPolicy | None = None,
+        ws_limits: WsLimits | None = None,
+    ) -> None:
         self.node = node
         self.host = host
         self.port = port
+        self.policy = policy or RpcPolicy()
+        self.ws_limits = ws_limits or WsLimits()
         self.methods = RpcMethods(node, dev=dev)
-        self.dispatcher = Dispatcher(self.methods.table, self._storage_failed)
+        self.dispatcher = Dispatcher(self.methods.table, self._storage_failed, node.metrics.observe_rpc)
         self._runner: web.AppRunner | None = None
+        logging.getLogger("aiohttp.server").addFilter(CLIENT_FAULTS)
 
     def make_app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BLOB_BODY)
+        # Bodies are read through ``read_body``; nothing should ever buffer more than a JSON-RPC body.
+        app = web.Application(client_max_size=MAX_RPC_BODY, middlewares=[guard_middleware(self.policy, self.host)])
         app.router.add_post("/", self.handle_rpc)
         app.router.add_get("/health", self.handle_health)
         app.router.add_get("/metrics", self.handle_metrics)
@@ -73,11 +109,12 @@ class RpcServer:
         return await self.dispatcher.dispatch_bytes(body)
 
     async def handle_rpc(self, request: web.Request) -> web.Response:
-        if request.content_length is not None and request.content_length > MAX_RPC_BODY:
-            return _json_response(error(None, INVALID_REQUEST, f"request body over {MAX_RPC_BODY} bytes"))
-        body = await request.read()
-        if len(body) > MAX_RPC_BODY:
-            return _json_response(error(None, INVALID_REQUEST, f"request body over {MAX_RPC_BODY} bytes"))
+        if media_type(request.headers.get("Content-Type")) != JSON_TYPE:
+            return web.Response(status=415, text=f"JSON-RPC requests must be {JSON_TYPE}")
+        try:
+            body = await read_body(request, MAX_RPC_BODY, self.policy.body_timeout_s)
+        except BodyRefused as exc:
+            return _closing(_json_response(error(None, INVALID_REQUEST, exc.message), status=exc.status))
         result = await self.dispatcher.dispatch_bytes(body)
         if result is None:
             return web.Response(status=204)
@@ -107,7 +144,17 @@ class RpcServer:
         return web.Response(body=data, content_type="application/octet-stream")
 
     async def handle_put_blob(self, request: web.Request) -> web.Response:
-        data = await request.read()
+        if not bearer_ok(request.headers.get("Authorization"), self.policy.tokens):
+            return web.Response(
+                status=401, text="blob uploads need Authorization: Bearer <token> (rpc.cookie or rpc_token)",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        if media_type(request.headers.get("Content-Type")) != BLOB_TYPE:
+            return web.Response(status=415, text=f"blob uploads must be {BLOB_TYPE}")
+        try:
+            data = await read_body(request, self.policy.max_blob_bytes, self.policy.blob_timeout_s)
+        except BodyRefused as exc:
+            return _closing(web.Response(status=exc.status, text=exc.message))
         if not data:
             return web.Response(status=400, text="empty blob")
         try:
@@ -118,7 +165,7 @@ class RpcServer:
         return _json_response({"digest": hex0x(digest), "size": len(data)})
 
     async def handle_ws(self, request: web.Request) -> web.WebSocketResponse:
-        return await serve_websocket(request, self.node, self.dispatcher, MAX_RPC_BODY)
+        return await serve_websocket(request, self.node, self.dispatcher, self.ws_limits)
 
     def _storage_failed(self, exc: StorageError) -> None:
         """A write failed (full disk, permissions): the node stops rather than go on half-written."""
@@ -128,3 +175,9 @@ class RpcServer:
 
 def _json_response(body: Any, status: int = 200) -> web.Response:
     return web.Response(text=json.dumps(body), status=status, content_type="application/json")
+
+
+def _closing(response: web.Response) -> web.Response:
+    # The rest of a refused body is not worth reading: the connection ends after this answer.
+    response.force_close()
+    return response

@@ -347,7 +347,9 @@ def _call_input(h: RpcHarness, rng: random.Random) -> RpcInput:
     else:
         params = rng.choice([None, 5, "x", True, {"nope": 1}, [None] * 5, {"a": [1]}, _deep(rng)])
         body = _body(_request(method, params, rng.choice([1, "a", None])))
-        return RpcInput(body, "call-bad-params-container", _expect(INVALID_PARAMS))
+        # JSON-RPC 2.0: params that are neither an array nor an object make an invalid request.
+        code = INVALID_PARAMS if isinstance(params, list | dict) else INVALID_REQUEST
+        return RpcInput(body, "call-bad-params-container", _expect(code))
     body = _body(_request(method, params, rng.choice([1, "a", None, 2**53, -7, 1.5])))
     # Any standard answer: methods may refuse a call for reasons of their own
     # (a dev-only method on a node without a network is an invalid request).

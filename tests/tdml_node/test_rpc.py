@@ -30,8 +30,11 @@ from tdml_node.rpc import (
     METHOD_NOT_FOUND,
     PARSE_ERROR,
     TX_REJECTED,
+    RpcPolicy,
     RpcServer,
 )
+
+BLOB_TOKEN = "test-token"
 
 
 @dataclass
@@ -68,7 +71,7 @@ async def live(tmp_path: Path) -> AsyncIterator[LiveNode]:
     genesis = compose_genesis("rpc-test", [(key.public_key, "")], clients=[client_key.public_key])
     config = NodeConfig(home=tmp_path, rpc_port=0, dev=True, block_interval_ms=50)
     async with open_node(config, key, genesis) as node:
-        server = RpcServer(node, "127.0.0.1", 0, dev=config.dev)
+        server = RpcServer(node, "127.0.0.1", 0, dev=config.dev, policy=RpcPolicy(tokens=(BLOB_TOKEN,)))
         port = await server.start()
         task = asyncio.create_task(node.run())
         try:
@@ -148,7 +151,7 @@ async def test_bad_transactions_are_rejected_with_reason(live: LiveNode, make_tx
         ({"jsonrpc": "2.0", "id": 1, "method": "tdml_getBlockByNumber", "params": []}, INVALID_PARAMS),
         ({"jsonrpc": "2.0", "id": 1, "method": "tdml_getBlockByNumber", "params": [1, "yes"]}, INVALID_PARAMS),
         ({"jsonrpc": "2.0", "id": 1, "method": "tdml_blockNumber", "params": [1]}, INVALID_PARAMS),
-        ({"jsonrpc": "2.0", "id": 1, "method": "tdml_blockNumber", "params": "x"}, INVALID_PARAMS),
+        ({"jsonrpc": "2.0", "id": 1, "method": "tdml_blockNumber", "params": "x"}, INVALID_REQUEST),
         ({"jsonrpc": "2.0", "id": 1, "method": "tdml_getJob", "params": ["0x1234"]}, INVALID_PARAMS),
         ({"jsonrpc": "2.0", "id": 1, "method": "tdml_getJob", "params": ["zz" * 32]}, INVALID_PARAMS),
         ({"jsonrpc": "2.0", "id": 1, "method": "tdml_getJob", "params": {"jobb": "0x00"}}, INVALID_PARAMS),
@@ -205,7 +208,8 @@ async def test_health_metrics_and_blobs(live: LiveNode) -> None:
     async with live.http.get(base + "/metrics") as resp:
         assert "tdml_height" in await resp.text()
     payload = b"\x00\x01" * 70_000
-    async with live.http.post(base + "/blob", data=payload) as resp:
+    headers = {"Authorization": f"Bearer {BLOB_TOKEN}", "Content-Type": "application/octet-stream"}
+    async with live.http.post(base + "/blob", data=payload, headers=headers) as resp:
         digest = (await resp.json())["digest"]
     async with live.http.get(f"{base}/blob/{digest[2:]}") as resp:
         assert await resp.read() == payload

@@ -56,7 +56,7 @@ def test_the_five_line_client_trains_your_own_data_and_exports_a_model_for_raw_i
     devnet = Devnet.create(tmp_path / "net", 1)
     seen: list[Progress] = []
     with running_devnet(devnet):
-        c = Client(devnet.nodes[0].rpc_url, key=devnet.base / "client_key.json")
+        c = Client(devnet.nodes[0].rpc_url, key=devnet.base / "client_key.json", home=devnet.nodes[0].home)
         job = c.submit(spec_path, data=data)
         final = job.wait(progress=seen.append, timeout=300)
         model = job.export(tmp_path / "model.safetensors")

@@ -69,7 +69,7 @@ from tdml_node.config import NodeConfig
 from tdml_node.devnet import Devnet
 from tdml_node.genesis import compose_genesis
 from tdml_node.node import Node, NodeHalted, open_node
-from tdml_node.rpc import RpcServer
+from tdml_node.rpc import RpcPolicy, RpcServer
 from tdml_node.runtime.netlink import NoNetwork
 from tdml_node.storage import ChainStore, StorageError
 
@@ -229,11 +229,12 @@ async def test_a_failed_block_commit_halts_and_leaves_the_last_whole_block(tmp_p
 
 async def test_a_failed_blob_upload_answers_507_and_halts_the_node(tmp_path: Path) -> None:
     async with faulty_node(tmp_path, lambda keys: any(k.startswith(b"x") for k in keys)) as f:
-        server = RpcServer(f.node, "127.0.0.1", 0, dev=True)
+        server = RpcServer(f.node, "127.0.0.1", 0, dev=True, policy=RpcPolicy(tokens=("t",)))
         port = await server.start()
         try:
             async with aiohttp.ClientSession() as http:
-                async with http.post(f"http://127.0.0.1:{port}/blob", data=b"a blob") as resp:
+                headers = {"Content-Type": "application/octet-stream", "Authorization": "Bearer t"}
+                async with http.post(f"http://127.0.0.1:{port}/blob", data=b"a blob", headers=headers) as resp:
                     assert resp.status == 507 and "No space left" in await resp.text()
                 async with http.get(f"http://127.0.0.1:{port}/health") as resp:
                     assert resp.status == 503 and (await resp.json())["status"] == "halted"
