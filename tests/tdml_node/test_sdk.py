@@ -70,7 +70,8 @@ def test_the_five_line_client_trains_your_own_data_and_exports_a_model_for_raw_i
         csv_spec = tmp_path / "csv.toml"
         csv_spec.write_text(SPEC.replace("steps = 30", "steps = 3").replace("[data]", '[data]\nlabel = "digit"'))
         cli = CliRunner().invoke(main, ["job", "submit", "--spec", str(csv_spec), "--data", str(csv),
-                                        "--key", str(devnet.base / "client_key.json"), "--url", devnet.nodes[0].rpc_url])
+                                        "--key", str(devnet.base / "client_key.json"), "--url", devnet.nodes[0].rpc_url,
+                                            "--home", str(devnet.nodes[0].home)])
         assert cli.exit_code == 0, cli.output
         csv_final = c.job(cli.output.strip()).wait(timeout=120)
 
