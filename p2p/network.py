@@ -41,7 +41,9 @@ from typing import Any
 
 from consensus.crypto import Keypair
 from consensus.types import ZERO_HASH, Hash32, Height, PublicKey
+from p2p.admission import Admission, listener_limits
 from p2p.gossip import SeenCache, message_id
+from p2p.guard import GuardStats, Slot
 from p2p.handler import NetworkHandler, PeerId
 from p2p.link import REASON_SLOW, Disconnect, Link
 from p2p.messages import (
@@ -103,9 +105,11 @@ class P2PNetwork:
             backoff_min=cfg.backoff_min, backoff_max=cfg.backoff_max,
         )
         self.seen = SeenCache(cfg.seen_capacity, cfg.seen_ttl)
+        self.admission = Admission(cfg, peers.bootstrap, self.book, self._now)
         self._listener = Listener(
             peers.host, peers.port, self._on_inbound,
-            accept=self._accepting, heartbeat=cfg.heartbeat, close_timeout=cfg.close_timeout,
+            admit=self._admit, limits=listener_limits(cfg), is_known=self.admission.is_known,
+            heartbeat=cfg.heartbeat, close_timeout=cfg.close_timeout,
         )
         self._dialer = Dialer(heartbeat=cfg.heartbeat, close_timeout=cfg.close_timeout, connect_timeout=cfg.connect_timeout)
         self._requests = Requests(self._penalize_link, request_timeout=cfg.request_timeout, max_blob_size=cfg.max_blob_size)
@@ -323,9 +327,13 @@ class P2PNetwork:
     def _now(self) -> float:
         return asyncio.get_running_loop().time()
 
-    def _accepting(self) -> bool:
-        handshaking = sum(1 for c in self._conns if not c.registered)
-        return not self._closing and handshaking < self.config.max_pending_handshakes
+    def _admit(self, ip: str) -> Slot | None:
+        return None if self._closing else self.admission.admit(ip)
+
+    @property
+    def guard_stats(self) -> GuardStats:
+        """The p2p port's connection guard counters."""
+        return self._listener.guard.stats
 
     def _get_status(self) -> Status:
         try:
@@ -445,6 +453,7 @@ class P2PNetwork:
             return
         self._peers[key] = c
         c.registered = True
+        c.conn.mark_established()
         c.established_at = now
         if c.listen_addr and c.listen_addr != c.dial_addr:
             self.book.add_address(c.listen_addr, SOURCE_HANDSHAKE)
