@@ -21,6 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from consensus.types import Hash32
+from p2p.guard import ConnectionGuard, GuardLimits
 from tdml_node.jsonview import hex0x
 from tdml_node.rpc.dispatch import Dispatcher, error
 from tdml_node.rpc.methods import RpcMethods
@@ -33,13 +34,21 @@ log = logging.getLogger("tdml.rpc")
 
 MAX_RPC_BODY = 4 * 1024 * 1024
 MAX_BLOB_BODY = 256 * 1024 * 1024
+RPC_LIMITS = GuardLimits(max_connections=1024, max_per_ip=64, reserved_known=64, header_timeout=10.0, idle_timeout=120.0)
+"""The RPC port's connection guard: the idle deadline is well above the websocket heartbeat (30 s), whose pongs
+keep a subscriber that only reads alive."""
+LOCAL_IPS = frozenset({"127.0.0.1", "::1"})
+"""Clients the RPC port keeps reserved connections for: the operator's own tools on this host."""
 
 
 class RpcServer:
-    def __init__(self, node: NodeView, host: str, port: int, *, dev: bool = False) -> None:
+    def __init__(
+        self, node: NodeView, host: str, port: int, *, dev: bool = False, limits: GuardLimits = RPC_LIMITS,
+    ) -> None:
         self.node = node
         self.host = host
         self.port = port
+        self.guard = ConnectionGuard(limits, is_known=LOCAL_IPS.__contains__)
         self.methods = RpcMethods(node, dev=dev)
         self.dispatcher = Dispatcher(self.methods.table, self._storage_failed)
         self._runner: web.AppRunner | None = None
@@ -55,19 +64,24 @@ class RpcServer:
         return app
 
     async def start(self) -> int:
-        self._runner = web.AppRunner(self.make_app(), access_log=None)
+        app = self.make_app()
+        app.middlewares.append(self.guard.middleware)
+        self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        sockets = getattr(site._server, "sockets", None) or []
-        if sockets:
-            self.port = sockets[0].getsockname()[1]
+        assert self._runner.server is not None, "set up above"
+        try:
+            self.port = await self.guard.serve(self._runner.server, self.host, self.port)
+        except BaseException:
+            await self.stop()
+            raise
         return self.port
 
     async def stop(self) -> None:
+        self.guard.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        self.guard.abort_all()
 
     async def dispatch_bytes(self, body: bytes) -> Any:
         return await self.dispatcher.dispatch_bytes(body)
