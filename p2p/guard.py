@@ -372,7 +372,9 @@ class GuardedProtocol(asyncio.Protocol):
     # ------------------------------------------------------------ deadlines
 
     def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._timer = loop.call_at(self._next_deadline()[0], self._check)
+        # Wake at least four times an idle period, to see whether the write buffer drains.
+        probe = loop.time() + self._guard.limits.idle_timeout / 4
+        self._timer = loop.call_at(min(self._next_deadline()[0], probe), self._check)
 
     def _next_deadline(self) -> tuple[float, str]:
         limits = self._guard.limits
@@ -400,7 +402,10 @@ class GuardedProtocol(asyncio.Protocol):
             stats.timed_out += 1
             stats.timeouts_by_kind[kind] = stats.timeouts_by_kind.get(kind, 0) + 1
             log.debug("closing %s: %s deadline passed", self.ip, kind)
-            transport.abort()
+            if buffered:
+                transport.abort()  # what it has not read it never will
+            else:
+                transport.close()  # a FIN, so what the kernel still holds for a slow reader reaches it
             return
         self._arm(loop)
 
