@@ -45,8 +45,10 @@ from p2p.logbound import install_log_bounds
 
 log = logging.getLogger("tdml.guard")
 
-NOFILE_MARGIN = 128
-"""Descriptors kept out of the connection budget: storage files, outbound dials, logs, pipes."""
+NOFILE_MARGIN_MIN = 64
+NOFILE_MARGIN_MAX = 1024 + 64
+"""Descriptors kept out of the connection budget (a quarter of the limit, within these bounds): storage files
+(LevelDB keeps up to 1000 open by default), outbound dials, logs, pipes."""
 ACCEPT_ERROR_INTERVAL = 10.0
 """At most one log line per this many seconds about failed accepts."""
 _ACCEPT_ERROR = "socket.accept() out of system resource"
@@ -123,16 +125,24 @@ def raise_nofile_limit() -> int:
 
 
 _process_slots: SlotCounter | None = None
+_process_margin = NOFILE_MARGIN_MAX
 
 
 def process_slots() -> SlotCounter:
     """The connection budget every guarded port of this process shares, made on first use."""
-    global _process_slots
+    global _process_slots, _process_margin
     if _process_slots is None:
         soft = raise_nofile_limit()
-        total = max(soft - max(NOFILE_MARGIN, soft // 8), 16)
+        _process_margin = max(NOFILE_MARGIN_MIN, min(soft // 4, NOFILE_MARGIN_MAX))
+        total = max(soft - _process_margin, 16)
         _process_slots = SlotCounter(total, total, reserved=max(total // 8, 1))
     return _process_slots
+
+
+def accept_batch(backlog: int) -> int:
+    """The listen backlog to use: asyncio accepts up to that many sockets in one go before any is closed, so
+    the batches of two listeners must fit in the descriptors kept out of the budget."""
+    return max(8, min(backlog, _process_margin // 4))
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +198,7 @@ class ConnectionGuard:
         install_accept_backoff(loop)
         install_log_bounds()
         self._server = await loop.create_server(
-            lambda: GuardedProtocol(self, inner), host, port, backlog=self.limits.backlog,
+            lambda: GuardedProtocol(self, inner), host, port, backlog=accept_batch(self.limits.backlog),
         )
         return int(self._server.sockets[0].getsockname()[1])
 
