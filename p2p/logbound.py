@@ -11,7 +11,8 @@ is worth one log line, not one per byte it sends. ``LogBound`` is a
 - rewrites each record it lets through to one escaped line of at most
   ``max_line`` characters, drops its traceback (keeping the exception's type
   and a short excerpt of its text) and lowers ERROR and above to WARNING;
-- says on the next line it lets through how many it held back.
+- says on the next line of a key it lets through how many of that key it
+  held back.
 
 ``install_log_bounds`` puts one on aiohttp's server-side loggers (every
 record there is about a client's input) and one on our p2p loggers that
@@ -41,8 +42,11 @@ MAX_KEYS = 4096
 def excerpt(value: object, limit: int = EXCERPT) -> str:
     """``value`` as at most ``limit`` printable ASCII characters (escaped like ``repr``, cut with "...")."""
     text = value if isinstance(value, str) else repr(value)
-    escaped = text.encode("unicode_escape", "backslashreplace").decode("ascii")
-    return escaped if len(escaped) <= limit else escaped[: max(limit - 3, 0)] + "..."
+    head = text[: limit + 1]  # escaping only lengthens: no need to look further
+    escaped = "".join(c if c.isascii() and c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in head)
+    if len(escaped) <= limit and len(text) <= limit:
+        return escaped
+    return escaped[: max(limit - 3, 0)] + "..."
 
 
 def peer_extra(address: str) -> dict[str, str]:
@@ -55,6 +59,7 @@ def peer_extra(address: str) -> dict[str, str]:
 class _Bucket:
     tokens: float
     stamp: float
+    suppressed: int = 0  # records of this key held back since its last one let through
 
     def refill(self, now: float, rate: float, burst: float) -> None:
         self.tokens = min(burst, self.tokens + (now - self.stamp) * rate)
@@ -83,9 +88,8 @@ class LogBound(logging.Filter):
         self._clock = clock
         self._global = _Bucket(float(global_burst), clock())
         self._keys: dict[tuple[str, str, str], _Bucket] = {}
-        self.suppressed = 0
-        """Records held back since the last one let through."""
         self.suppressed_total = 0
+        """Records held back since this filter was made."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         peer = getattr(record, "peer", None)
@@ -101,26 +105,26 @@ class LogBound(logging.Filter):
         bucket.refill(now, self.rate, self.burst)
         self._global.refill(now, self.global_rate, self.global_burst)
         if bucket.tokens < 1.0 or self._global.tokens < 1.0:
-            self.suppressed += 1
+            bucket.suppressed += 1
             self.suppressed_total += 1
             return False
         bucket.tokens -= 1.0
         self._global.tokens -= 1.0
-        self._rewrite(record)
+        self._rewrite(record, bucket.suppressed)
+        bucket.suppressed = 0
         return True
 
-    def _rewrite(self, record: logging.LogRecord) -> None:
+    def _rewrite(self, record: logging.LogRecord, suppressed: int) -> None:
         try:
             message = record.getMessage()
         except Exception as failure:  # a bad format string must not escape the filter
             message = f"{record.msg!r} (unformattable: {type(failure).__name__})"
         if record.exc_info and record.exc_info[1] is not None:
             error = record.exc_info[1]
-            message = f"{message}: {type(error).__name__}: {excerpt(str(error))}"
+            message = f"{message}: {type(error).__name__}: {str(error)[:EXCERPT]}"
         line = excerpt(message, self.max_line)
-        if self.suppressed:
-            line += f" ({self.suppressed} similar messages suppressed)"
-            self.suppressed = 0
+        if suppressed:
+            line += f" ({suppressed} similar messages suppressed)"
         record.msg, record.args = line, None
         record.exc_info, record.exc_text, record.stack_info = None, None, None
         if record.levelno > logging.WARNING:
