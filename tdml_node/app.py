@@ -69,6 +69,8 @@ async def serve(config: NodeConfig, keypair: Keypair, genesis: Genesis) -> int:
                 log.warning("BYZANTINE behaviour %r is active (test network only)", behaviour.name)
                 register_metrics(behaviour, node.metrics.registry, lambda: node.height)
             rpc = RpcServer(node, config.rpc_host, config.rpc_port, dev=config.dev)
+            node.metrics.watch_connections("p2p", network.listener.guard.stats)
+            node.metrics.watch_connections("rpc", rpc.guard.stats)
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError):

@@ -124,6 +124,10 @@ async def test_a_flood_past_the_descriptor_limit_leaves_health_and_a_real_peer_w
 
         for _ in range(3):
             assert await _health(health_url) == 200
+        metrics = await _metrics(f"http://127.0.0.1:{node.rpc_port}/metrics")
+        for port in ("p2p", "rpc"):
+            assert metrics[f'tdml_connections_refused_limit_total{{port="{port}"}}'] > 0
+            assert metrics[f'tdml_connections_accepted_total{{port="{port}"}}'] > 0
         genesis = devnet.genesis
         chain = ChainIdentity(genesis.chain_id, compute_genesis_hash(genesis), PROTOCOL_VERSION)
         peer = P2PNetwork(
@@ -157,6 +161,13 @@ async def test_a_flood_past_the_descriptor_limit_leaves_health_and_a_real_peer_w
     assert "out of system resource" not in log
     assert "Traceback" not in log
     assert len(log) < 200_000
+
+
+async def _metrics(url: str) -> dict[str, float]:
+    async with aiohttp.ClientSession() as http, http.get(url, timeout=aiohttp.ClientTimeout(total=5)) as resp:
+        text = await resp.text()
+    samples = (line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    return {name: float(value) for name, value in samples}
 
 
 class _Handler:
