@@ -11,9 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import aiohttp
 import pytest
 from aiohttp import web
 from p2p_fixtures import wait_until
@@ -210,3 +213,106 @@ async def test_a_big_response_to_a_reader_that_reads_outlives_the_idle_deadline_
         stuck.write(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
         await wait_until(lambda: s.guard.stats.timeouts_by_kind.get("idle", 0) >= 1, 10.0, "the non-reader cut")
         stuck.close()
+
+
+@contextlib.asynccontextmanager
+async def serve_ws(limits: GuardLimits, heartbeat: float) -> AsyncIterator[Served]:
+    shared = SlotCounter(100, 100, 10)
+    guard = ConnectionGuard(limits, shared=shared)
+
+    async def handle(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(heartbeat=heartbeat)
+        await ws.prepare(request)
+        async for _ in ws:
+            pass
+        return ws
+
+    app = web.Application(middlewares=[guard.middleware])
+    app.router.add_get("/ws", handle)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    assert runner.server is not None
+    port = await guard.serve(runner.server, "127.0.0.1", 0)
+    try:
+        yield Served(guard, shared, port)
+    finally:
+        guard.close()
+        await runner.cleanup()
+        guard.abort_all()
+
+
+async def test_a_websocket_that_only_reads_lives_on_its_heartbeat_pongs_and_a_deaf_one_does_not() -> None:
+    limits = GuardLimits(header_timeout=2.0, idle_timeout=0.8)
+    async with serve_ws(limits, heartbeat=0.2) as s, aiohttp.ClientSession() as session:
+        # aiohttp's client answers pings by itself while this task waits on receive().
+        ws = await session.ws_connect(f"http://127.0.0.1:{s.port}/ws", autoping=True)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(ws.receive(), 3.0)  # nothing comes, and the socket stays
+        assert not ws.closed and s.guard.stats.timed_out == 0
+        await ws.close()
+
+        # A client that sends nothing at all, not even pongs: only the guard's idle deadline ends it.
+        reader, writer = await connect(s.port)
+        writer.write(
+            b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)).startswith(b"HTTP/1.1 101")
+        assert await closed_within(reader, 10.0)
+        writer.close()
+
+
+_ACCEPT_CHILD = """
+import asyncio, logging, resource, sys
+from aiohttp import web
+from p2p.guard import ConnectionGuard, GuardLimits, SlotCounter
+
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s %(message)s")
+
+
+async def main() -> None:
+    guard = ConnectionGuard(GuardLimits(header_timeout=0.3, idle_timeout=1.0), shared=SlotCounter(10000, 10000))
+    runner = web.AppRunner(web.Application(middlewares=[guard.middleware]), access_log=None)
+    await runner.setup()
+    port = await guard.serve(runner.server, "127.0.0.1", 0)
+    import os
+    used = len(os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (used + 4, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    print(port, flush=True)
+    await asyncio.sleep(float(sys.argv[1]))
+    guard.close()
+    await runner.cleanup()
+
+
+asyncio.run(main())
+"""
+
+
+def test_descriptor_exhaustion_on_accept_is_logged_once_per_interval_with_a_count() -> None:
+    """A real listener out of descriptors: asyncio would log every retry, with a traceback; the guard logs once."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", _ACCEPT_CHILD, "4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    clients: list[socket.socket] = []
+    try:
+        assert child.stdout is not None
+        port = int(child.stdout.readline())
+        for _ in range(40):
+            c = socket.socket()
+            c.settimeout(2.0)
+            with contextlib.suppress(OSError):
+                c.connect(("127.0.0.1", port))
+            clients.append(c)
+        _, err = child.communicate(timeout=30)
+    finally:
+        for c in clients:
+            c.close()
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+    assert child.returncode == 0, err[-2000:]
+    lines = [line for line in err.splitlines() if line.strip()]
+    accept_lines = [line for line in lines if "accept failed" in line]
+    assert len(accept_lines) == 1, lines[-20:]  # 4 s of failures, one interval of 10 s
+    assert "Too many open files" in accept_lines[0]
+    assert "out of system resource" not in err and "Traceback" not in err
