@@ -32,6 +32,7 @@ def listener_limits(cfg: NetworkConfig) -> GuardLimits:
         reserved_known=cfg.reserved_inbound_connections,
         header_timeout=cfg.header_timeout,
         idle_timeout=cfg.idle_timeout,
+        write_timeout=cfg.write_timeout,
         establish_timeout=cfg.header_timeout + cfg.handshake_timeout,
         preestablish_bytes=cfg.preestablish_bytes,
     )

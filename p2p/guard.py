@@ -13,9 +13,10 @@ does not have:
 - **deadlines**: a request's headers must arrive within ``header_timeout``
   of the accept (or of the first byte after a keep-alive pause); nothing
   may stall for ``idle_timeout`` (bytes in, or the write buffer draining,
-  count as progress, so a big response to a reader that reads is not cut
-  and one to a reader that never reads is); and, where the port is for
-  upgrades, the owner must call ``mark_established`` within
+  count as progress, so a big response to a reader that reads is not cut);
+  unsent bytes may not wait ``write_timeout`` without any going out, even
+  from a client that keeps sending (a subscriber that never reads); and,
+  where the port is for upgrades, the owner must call ``mark_established`` within
   ``establish_timeout``;
 - **a byte budget before establishment**, so a stranger cannot make us
   buffer megabytes before it has proved anything: past the budget the
@@ -154,6 +155,7 @@ class GuardLimits:
     reserved_known: int = 64  # of max_connections, kept for known IPs
     header_timeout: float = 10.0  # accept (or the first byte after a keep-alive pause) to a request's headers
     idle_timeout: float = 120.0  # no byte in and no write drained for this long: closed
+    write_timeout: float = 30.0  # unsent bytes waiting this long without any of them going out: closed
     establish_timeout: float | None = None  # accept to ``mark_established``; None: not an upgrade port
     preestablish_bytes: int | None = None  # bytes taken before ``mark_established``; None: unbounded
     backlog: int = 128  # the listen queue
@@ -265,6 +267,8 @@ class GuardedProtocol(asyncio.Protocol):
         self._held: bytearray | None = None  # bytes past the pre-establishment budget, read but not yet passed on
         self._progress = 0.0
         self._write_buffer = 0
+        self._write_stalled: float | None = None  # since when unsent bytes have waited without draining
+        self._paused = False  # the transport told us its buffer is over its high-water mark
         self._header_deadline: float | None = None
         self._establish_deadline: float | None = None
         self.established = guard.limits.establish_timeout is None
@@ -344,12 +348,15 @@ class GuardedProtocol(asyncio.Protocol):
         return self._inner.eof_received() if self._inner is not None else None
 
     def pause_writing(self) -> None:
+        self._paused = True
         if self._inner is not None:
             self._inner.pause_writing()
 
     def resume_writing(self) -> None:
+        self._paused = False
         if self._inner is not None:
             self._progress = asyncio.get_running_loop().time()
+            self._write_stalled = None
             self._inner.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -382,8 +389,9 @@ class GuardedProtocol(asyncio.Protocol):
     # ------------------------------------------------------------ deadlines
 
     def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
-        # Wake at least four times an idle period, to see whether the write buffer drains.
-        probe = loop.time() + self._guard.limits.idle_timeout / 4
+        # Wake four times in the shorter of the two periods, to see whether the write buffer drains.
+        limits = self._guard.limits
+        probe = loop.time() + min(limits.idle_timeout, limits.write_timeout) / 4
         self._timer = loop.call_at(min(self._next_deadline()[0], probe), self._check)
 
     def _next_deadline(self) -> tuple[float, str]:
@@ -393,6 +401,8 @@ class GuardedProtocol(asyncio.Protocol):
             deadlines.append((self._header_deadline, "header"))
         if not self.established and self._establish_deadline is not None:
             deadlines.append((self._establish_deadline, "establish"))
+        if self._write_stalled is not None:
+            deadlines.append((self._write_stalled + limits.write_timeout, "write"))
         return min(deadlines)
 
     def _check(self) -> None:
@@ -405,6 +415,13 @@ class GuardedProtocol(asyncio.Protocol):
         buffered = transport.get_write_buffer_size()
         if buffered < self._write_buffer:
             self._progress = now  # the peer is reading what we write
+        # Paused, the writer adds nothing (aiohttp waits for the drain): a
+        # buffer that does not shrink then is a peer that does not read,
+        # whatever it sends. Unpaused, a steady buffer may just be a busy link.
+        if not self._paused or buffered < self._write_buffer:
+            self._write_stalled = None
+        elif self._write_stalled is None:
+            self._write_stalled = now
         self._write_buffer = buffered
         deadline, kind = self._next_deadline()
         if now >= deadline:

@@ -86,6 +86,7 @@ class NetworkConfig:
     reserved_inbound_connections: int = 32  # of max_inbound_connections, kept for known IPs
     header_timeout: float = 10.0  # a new socket must have sent its upgrade request by then
     idle_timeout: float = 60.0  # nothing in and nothing drained for this long closes a socket (above heartbeat)
+    write_timeout: float = 20.0  # unsent bytes waiting this long without draining close a socket
     preestablish_bytes: int = 64 * 1024  # bytes read from a socket before its handshake completes
     send_queue_frames: int = 1024  # frames queued for one peer before it counts as too slow
     send_queue_bytes: int = 64 * 1024 * 1024  # bytes queued for one peer before it is too slow

@@ -34,7 +34,9 @@ log = logging.getLogger("tdml.rpc")
 
 MAX_RPC_BODY = 4 * 1024 * 1024
 MAX_BLOB_BODY = 256 * 1024 * 1024
-RPC_LIMITS = GuardLimits(max_connections=1024, max_per_ip=64, reserved_known=64, header_timeout=10.0, idle_timeout=120.0)
+RPC_LIMITS = GuardLimits(
+    max_connections=1024, max_per_ip=64, reserved_known=64, header_timeout=10.0, idle_timeout=120.0, write_timeout=30.0,
+)
 """The RPC port's connection guard: the idle deadline is well above the websocket heartbeat (30 s), whose pongs
 keep a subscriber that only reads alive."""
 LOCAL_IPS = frozenset({"127.0.0.1", "::1"})

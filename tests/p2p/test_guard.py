@@ -216,13 +216,18 @@ async def test_a_big_response_to_a_reader_that_reads_outlives_the_idle_deadline_
 
 
 @contextlib.asynccontextmanager
-async def serve_ws(limits: GuardLimits, heartbeat: float) -> AsyncIterator[Served]:
+async def serve_ws(limits: GuardLimits, heartbeat: float | None, *, push: bool = False) -> AsyncIterator[Served]:
+    """A websocket route; with ``push`` it sends 64 KiB messages as fast as the client takes them."""
     shared = SlotCounter(100, 100, 10)
     guard = ConnectionGuard(limits, shared=shared)
 
     async def handle(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(heartbeat=heartbeat)
         await ws.prepare(request)
+        if push:
+            with contextlib.suppress(ConnectionError):
+                while not ws.closed:
+                    await ws.send_bytes(bytes(65536))
         async for _ in ws:
             pass
         return ws
@@ -316,3 +321,44 @@ def test_descriptor_exhaustion_on_accept_is_logged_once_per_interval_with_a_coun
     assert len(accept_lines) == 1, lines[-20:]  # 4 s of failures, one interval of 10 s
     assert "Too many open files" in accept_lines[0]
     assert "out of system resource" not in err and "Traceback" not in err
+
+
+UPGRADE = (
+    b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+PING = b"\x89\x80\0\0\0\0"  # a masked, empty ping
+
+
+async def test_a_client_that_keeps_sending_but_never_reads_is_cut_at_the_write_deadline() -> None:
+    limits = GuardLimits(header_timeout=2.0, idle_timeout=30.0, write_timeout=1.0)
+    async with serve_ws(limits, heartbeat=None, push=True) as s:
+        sock = socket.create_connection(("127.0.0.1", s.port), timeout=5.0)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.sendall(UPGRADE)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 20.0
+            with contextlib.suppress(OSError):
+                while s.guard.stats.timed_out == 0 and loop.time() < deadline:
+                    sock.sendall(PING)  # bytes in, all the time: not idle, but never reading
+                    await asyncio.sleep(0.05)
+            assert s.guard.stats.timeouts_by_kind == {"write": 1}
+        finally:
+            sock.close()
+
+
+async def test_a_pushed_stream_to_a_client_that_reads_it_is_not_cut_at_the_write_deadline() -> None:
+    limits = GuardLimits(header_timeout=2.0, idle_timeout=30.0, write_timeout=0.5)
+    async with serve_ws(limits, heartbeat=None, push=True) as s, aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(f"http://127.0.0.1:{s.port}/ws", max_msg_size=0)
+        got = 0
+        async with asyncio.timeout(20):
+            while got < 64 << 20:
+                msg = await ws.receive()
+                assert msg.type is aiohttp.WSMsgType.BINARY, msg
+                got += len(msg.data)
+                if got % (1 << 20) == 0:
+                    await asyncio.sleep(0.05)  # a reader slower than the writer: the writer is paused often
+        assert s.guard.stats.timed_out == 0
+        # No closing handshake: the pushing handler never reads one; leaving the session drops the socket.
