@@ -13,7 +13,7 @@ deadlines, and a byte budget until the owner calls
 its owner (``admit``) before it upgrades a request, so the cap on
 handshakes is exact.
 
-This and ``network`` are the only modules that touch aiohttp. This module
+This and ``guard`` are the only modules that touch aiohttp. This module
 must never decode frames, keep peer state or start background tasks of its
 own: the network owns every task.
 """
