@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from consensus.types import ZERO_HASH, Hash32, PublicKey
+from p2p.logbound import excerpt, peer_extra
 from p2p.messages import WireMessage
 from p2p.session import SEVERITY_MAJOR, Session, SessionEvent, Violation
 from p2p.transport import BadFrame, Connection, TransportError
@@ -140,7 +141,10 @@ class Link:
             self.wake.set()
 
     def _overflow(self) -> None:
-        log.warning("%s: %s cannot keep up (send queue full); disconnecting", self.me, self.address)
+        log.warning(
+            "%s: %s cannot keep up (send queue full); disconnecting", self.me, self.address,
+            extra=peer_extra(self.conn.remote),
+        )
         self.queue.clear()
         self.queued_bytes = 0
         self.session.close(REASON_SLOW)
@@ -214,7 +218,10 @@ class Link:
             log.debug("%s: closing %s timed out", self.me, self.address)
         key, reason = self.peer_key, self.session.close_reason or "closed"
         by = "by peer" if self.closed_by_peer else "by us"
-        log.info("%s: %s %s closed (%s): %s", self.me, key.hex()[:12] if key else "?", self.address, by, reason)
+        log.info(
+            "%s: %s %s closed (%s): %s", self.me, key.hex()[:12] if key else "?", self.address, by, excerpt(reason),
+            extra=peer_extra(self.conn.remote),
+        )
         node_id = key.hex() if key else ""
         return Disconnect(self.address, node_id, reason, self.closed_by_peer, self.established_at is not None)
 

@@ -41,9 +41,12 @@ from typing import Any
 
 from consensus.crypto import Keypair
 from consensus.types import ZERO_HASH, Hash32, Height, PublicKey
+from p2p.admission import Admission, listener_limits
 from p2p.gossip import SeenCache, message_id
+from p2p.guard import Slot
 from p2p.handler import NetworkHandler, PeerId
 from p2p.link import REASON_SLOW, Disconnect, Link
+from p2p.logbound import excerpt, peer_extra
 from p2p.messages import (
     Gossip,
     GossipPayload,
@@ -103,9 +106,11 @@ class P2PNetwork:
             backoff_min=cfg.backoff_min, backoff_max=cfg.backoff_max,
         )
         self.seen = SeenCache(cfg.seen_capacity, cfg.seen_ttl)
-        self._listener = Listener(
+        self.admission = Admission(cfg, peers.bootstrap, self.book, self._now)
+        self.listener = Listener(
             peers.host, peers.port, self._on_inbound,
-            accept=self._accepting, heartbeat=cfg.heartbeat, close_timeout=cfg.close_timeout,
+            admit=self._admit, limits=listener_limits(cfg), is_known=self.admission.is_known,
+            heartbeat=cfg.heartbeat, close_timeout=cfg.close_timeout,
         )
         self._dialer = Dialer(heartbeat=cfg.heartbeat, close_timeout=cfg.close_timeout, connect_timeout=cfg.connect_timeout)
         self._requests = Requests(self._penalize_link, request_timeout=cfg.request_timeout, max_blob_size=cfg.max_blob_size)
@@ -131,7 +136,7 @@ class P2PNetwork:
         if self._closing:
             raise RuntimeError("the network is closed")
         self._handler = handler
-        await self._listener.start()
+        await self.listener.start()
         self._advertise = self.settings.get_advertise_addr(self.port)
         if self._advertise:
             self.book.add_own_address(self._advertise)
@@ -164,7 +169,7 @@ class P2PNetwork:
             await asyncio.wait(runners, timeout=self.config.close_timeout * 2)
         # Inbound handlers only wait for connection tasks, which are done or
         # closing, so the listener's shutdown does not wait long.
-        await self._listener.aclose()
+        await self.listener.aclose()
         await self._tasks.aclose()
         await self._dialer.aclose()
         self._closed.set()
@@ -181,7 +186,7 @@ class P2PNetwork:
     @property
     def port(self) -> int:
         """The port listened on: the configured one, or after ``start`` the one the system chose for 0."""
-        return self._listener.port
+        return self.listener.port
 
     @property
     def listen_addr(self) -> str:
@@ -323,9 +328,8 @@ class P2PNetwork:
     def _now(self) -> float:
         return asyncio.get_running_loop().time()
 
-    def _accepting(self) -> bool:
-        handshaking = sum(1 for c in self._conns if not c.registered)
-        return not self._closing and handshaking < self.config.max_pending_handshakes
+    def _admit(self, ip: str) -> Slot | None:
+        return None if self._closing else self.admission.admit(ip)
 
     def _get_status(self) -> Status:
         try:
@@ -412,7 +416,10 @@ class P2PNetwork:
                 if c.registered:
                     self._penalize_link(c, event.reason, event.severity)
                 else:
-                    log.info("%s: dropping %s before its handshake: %s", self._me, c.address, event.reason)
+                    log.info(
+                        "%s: dropping %s before its handshake: %s", self._me, c.address, excerpt(event.reason),
+                        extra=peer_extra(c.conn.remote),
+                    )
             elif isinstance(event, Closed):
                 c.closed_by_peer = event.by_peer
                 if event.by_peer and event.reason == REASON_DUPLICATE:
@@ -445,11 +452,15 @@ class P2PNetwork:
             return
         self._peers[key] = c
         c.registered = True
+        c.conn.mark_established()
         c.established_at = now
         if c.listen_addr and c.listen_addr != c.dial_addr:
             self.book.add_address(c.listen_addr, SOURCE_HANDSHAKE)
         direction = "outbound" if c.outbound else "inbound"
-        log.info("%s: connected to %s at %s (%s, height %d)", self._me, key.hex()[:12], c.address, direction, c.height)
+        log.info(
+            "%s: connected to %s at %s (%s, height %d)", self._me, key.hex()[:12], c.address, direction, c.height,
+            extra=peer_extra(c.conn.remote),
+        )
         c.send(self._get_status())
         c.send(PeersRequest())
         try:

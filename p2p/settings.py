@@ -78,7 +78,16 @@ class NetworkConfig:
     close_timeout: float = 2.0  # the longest wait for a Goodbye to go out and a close to finish
     heartbeat: float = 15.0  # websocket ping interval; a peer that stops answering is dropped
     stable_after: float = 10.0  # an outbound connection that lasted this long counts as a success
-    max_pending_handshakes: int = 64  # inbound connections still in their handshake
+    max_pending_handshakes: int = 64  # inbound connections still in their handshake (an exact cap)
+    max_pending_handshakes_per_ip: int = 8  # of those, from one IP we do not know
+    reserved_pending_handshakes: int = 16  # of max_pending_handshakes, kept for known IPs
+    max_inbound_connections: int = 256  # inbound sockets open at once, upgraded or not
+    max_inbound_per_ip: int = 16  # of those, from one IP we do not know
+    reserved_inbound_connections: int = 32  # of max_inbound_connections, kept for known IPs
+    header_timeout: float = 10.0  # a new socket must have sent its upgrade request by then
+    idle_timeout: float = 60.0  # nothing in and nothing drained for this long closes a socket (above heartbeat)
+    write_timeout: float = 20.0  # unsent bytes waiting this long without draining close a socket
+    preestablish_bytes: int = 64 * 1024  # bytes read from a socket before its handshake completes
     send_queue_frames: int = 1024  # frames queued for one peer before it counts as too slow
     send_queue_bytes: int = 64 * 1024 * 1024  # bytes queued for one peer before it is too slow
     max_blob_size: int = MAX_BLOB_SIZE  # the largest blob we agree to download
@@ -89,3 +98,4 @@ class NetworkConfig:
     ban_duration: float = DEFAULT_BAN_DURATION  # seconds a ban lasts
     backoff_min: float = DEFAULT_BACKOFF_MIN  # first redial delay after a failure
     backoff_max: float = DEFAULT_BACKOFF_MAX  # longest redial delay
+

@@ -7,7 +7,13 @@ connection until it ends; the ``Dialer`` opens websockets to ``host:port``
 addresses. Both cap a websocket message at the largest frame the protocol
 allows, so aiohttp refuses anything larger before it is buffered.
 
-This and ``network`` are the only modules that touch aiohttp. This module
+The listener serves through a ``ConnectionGuard`` (connection limits,
+deadlines, and a byte budget until the owner calls
+``Connection.mark_established``), and takes a pending-handshake slot from
+its owner (``admit``) before it upgrades a request, so the cap on
+handshakes is exact.
+
+This and ``guard`` are the only modules that touch aiohttp. This module
 must never decode frames, keep peer state or start background tasks of its
 own: the network owns every task.
 """
@@ -21,6 +27,7 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 from aiohttp import web
 
+from p2p.guard import ConnectionGuard, GuardLimits, Slot, mark_established
 from p2p.messages import MAX_FRAME
 from p2p.peers import format_addr
 
@@ -52,10 +59,20 @@ class Connection:
         remote: str,
         *,
         inbound: bool,
+        slot: Slot | None = None,
+        transport: asyncio.BaseTransport | None = None,
     ) -> None:
         self._ws = ws
         self.remote = remote
         self.inbound = inbound
+        self._slot = slot  # the pending-handshake slot an inbound connection holds
+        self._transport = transport  # the server-side socket, which the guard watches
+
+    def mark_established(self) -> None:
+        """The handshake completed: give back the pending-handshake slot and lift the guard's pre-handshake limits."""
+        if self._slot is not None:
+            self._slot.release()
+        mark_established(self._transport)
 
     @property
     def closed(self) -> bool:
@@ -97,6 +114,10 @@ class Connection:
 ConnectionCallback = Callable[[Connection], Awaitable[None]]
 
 
+Admit = Callable[[str], Slot | None]
+"""Takes a pending-handshake slot for a client IP, or says no (None)."""
+
+
 class Listener:
     """The websocket server. ``on_connection`` runs each accepted connection to its end."""
 
@@ -106,55 +127,62 @@ class Listener:
         port: int,
         on_connection: ConnectionCallback,
         *,
-        accept: Callable[[], bool] = lambda: True,
+        admit: Admit,
+        limits: GuardLimits,
+        is_known: Callable[[str], bool] = lambda ip: False,
         heartbeat: float = DEFAULT_HEARTBEAT,
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
     ) -> None:
         self.host = host
         self.port = port
         self._on_connection = on_connection
-        self._accept = accept
+        self._admit = admit
         self._heartbeat = heartbeat
         self._close_timeout = close_timeout
+        self.guard = ConnectionGuard(limits, is_known=is_known)
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
         """Bind and listen; with port 0, ``port`` is the one the system chose afterwards."""
-        app = web.Application()
+        app = web.Application(middlewares=[self.guard.middleware])
         app.router.add_get(PATH, self._handle)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=self._close_timeout)
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port)
+        assert runner.server is not None, "set up above"
         try:
-            await site.start()
+            self.port = await self.guard.serve(runner.server, self.host, self.port)
         except BaseException:
             await runner.cleanup()
             raise
         self._runner = runner
-        for address in runner.addresses:
-            if isinstance(address, tuple) and len(address) >= 2:
-                self.port = int(address[1])
-                break
 
     async def aclose(self) -> None:
         runner, self._runner = self._runner, None
+        self.guard.close()
         if runner is not None:
             await runner.cleanup()
+        self.guard.abort_all()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        if not self._accept():
+        transport = request.transport
+        peer = transport.get_extra_info("peername") if transport else None
+        ip = str(peer[0]) if peer else (request.remote or "?")
+        slot = self._admit(ip)
+        if slot is None:
             return web.Response(status=503, text="not accepting peers now")
-        ws = web.WebSocketResponse(
-            max_msg_size=MAX_FRAME,
-            heartbeat=self._heartbeat,
-            timeout=self._close_timeout,
-            compress=False,
-        )
-        await ws.prepare(request)
-        peer = request.transport.get_extra_info("peername") if request.transport else None
-        remote = format_addr(peer[0], peer[1]) if peer else (request.remote or "?")
-        await self._on_connection(Connection(ws, remote, inbound=True))
-        return ws
+        try:
+            ws = web.WebSocketResponse(
+                max_msg_size=MAX_FRAME,
+                heartbeat=self._heartbeat,
+                timeout=self._close_timeout,
+                compress=False,
+            )
+            await ws.prepare(request)
+            remote = format_addr(peer[0], peer[1]) if peer else ip
+            await self._on_connection(Connection(ws, remote, inbound=True, slot=slot, transport=transport))
+            return ws
+        finally:
+            slot.release()
 
 
 class Dialer:

@@ -82,6 +82,8 @@ async def serve(config: NodeConfig, keypair: Keypair, genesis: Genesis) -> int:
                 tokens=tuple(t for t in (cookie, config.rpc_token) if t),
             )
             rpc = RpcServer(node, config.rpc_host, config.rpc_port, dev=config.dev, policy=policy)
+            node.metrics.watch_connections("p2p", network.listener.guard.stats)
+            node.metrics.watch_connections("rpc", rpc.guard.stats)
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError):

@@ -6,6 +6,9 @@ share counters. This module must never change what the node does.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Protocol
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -15,8 +18,43 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from consensus.types import Block, StepOutcome
+
+CONNECTION_COUNTERS = {
+    "accepted": "Inbound connections let in",
+    "refused_limit": "Inbound connections aborted at once: a connection limit was reached",
+    "timed_out": "Inbound connections closed by a deadline (headers, idle, handshake)",
+    "over_budget": "Inbound connections closed for sending too much before their handshake",
+}
+
+
+class ConnectionCounts(Protocol):
+    """A connection guard's counters (``p2p.guard.GuardStats``), read when metrics are scraped."""
+
+    accepted: int
+    refused_limit: int
+    timed_out: int
+    over_budget: int
+    open: int
+
+
+class _Connections(Collector):
+    def __init__(self) -> None:
+        self.ports: dict[str, ConnectionCounts] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        for name, doc in CONNECTION_COUNTERS.items():
+            family = CounterMetricFamily(f"tdml_connections_{name}", doc, labels=["port"])
+            for port, stats in self.ports.items():
+                family.add_metric([port], getattr(stats, name))
+            yield family
+        gauge = GaugeMetricFamily("tdml_connections_open", "Inbound connections open now", labels=["port"])
+        for port, stats in self.ports.items():
+            gauge.add_metric([port], stats.open)
+        yield gauge
 
 
 class NodeMetrics:
@@ -49,6 +87,12 @@ class NodeMetrics:
         )
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
+        self._connections = _Connections()
+        r.register(self._connections)
+
+    def watch_connections(self, port: str, stats: ConnectionCounts) -> None:
+        """Export a connection guard's counters under the label ``port`` (such as "p2p" or "rpc")."""
+        self._connections.ports[port] = stats
 
     def observe_rpc(self, method: str, seconds: float) -> None:
         """Called for known methods only, so the label set stays bounded."""

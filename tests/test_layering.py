@@ -43,8 +43,9 @@ ALLOWED: dict[str, set[str]] = {
         "consensus", "p2p", "tdml_node.runtime", "tdml_node.duties", "tdml_node.pools", "tdml_node.storage",
         "tdml_node.work", "tdml_node.config", "tdml_node.metrics",
     },
+    # p2p for its connection guard, the socket-level limits both servers share.
     "tdml_node.rpc": {
-        "consensus", "tdml_node", "tdml_node.runtime", "tdml_node.pools", "tdml_node.storage", "tdml_node.jsonview",
+        "consensus", "p2p", "tdml_node", "tdml_node.runtime", "tdml_node.pools", "tdml_node.storage", "tdml_node.jsonview",
     },
     "tdml_node.devtools": {"consensus", "tdml_node.runtime", "tdml_node.work"},
     "tdml_node.app": {

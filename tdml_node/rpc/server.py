@@ -23,6 +23,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from consensus.types import Hash32
+from p2p.guard import ConnectionGuard, GuardLimits
 from tdml_node.jsonview import hex0x
 from tdml_node.rpc.body import BodyRefused, read_body
 from tdml_node.rpc.dispatch import Dispatcher, error
@@ -56,6 +57,13 @@ class _ClientFaults(logging.Filter):
 CLIENT_FAULTS = _ClientFaults()
 JSON_TYPE = "application/json"
 BLOB_TYPE = "application/octet-stream"
+RPC_LIMITS = GuardLimits(
+    max_connections=1024, max_per_ip=64, reserved_known=64, header_timeout=10.0, idle_timeout=120.0, write_timeout=30.0,
+)
+"""The RPC port's connection guard: the idle deadline is well above the websocket heartbeat (30 s), whose pongs
+keep a subscriber that only reads alive."""
+LOCAL_IPS = frozenset({"127.0.0.1", "::1"})
+"""Clients the RPC port keeps reserved connections for: the operator's own tools on this host."""
 
 
 class RpcServer:
@@ -68,12 +76,14 @@ class RpcServer:
         dev: bool = False,
         policy: RpcPolicy | None = None,
         ws_limits: WsLimits | None = None,
+        limits: GuardLimits = RPC_LIMITS,
     ) -> None:
         self.node = node
         self.host = host
         self.port = port
         self.policy = policy or RpcPolicy()
         self.ws_limits = ws_limits or WsLimits()
+        self.guard = ConnectionGuard(limits, is_known=LOCAL_IPS.__contains__)
         self.methods = RpcMethods(node, dev=dev)
         self.dispatcher = Dispatcher(self.methods.table, self._storage_failed, node.metrics.observe_rpc)
         self._runner: web.AppRunner | None = None
@@ -91,19 +101,26 @@ class RpcServer:
         return app
 
     async def start(self) -> int:
-        self._runner = web.AppRunner(self.make_app(), access_log=None)
+        app = self.make_app()
+        app.middlewares.append(self.guard.middleware)
+        # After a refused body (413) aiohttp reads and discards the rest for ``lingering_time``
+        # (10 s by default): a second is enough for an honest client to see the answer.
+        self._runner = web.AppRunner(app, access_log=None, lingering_time=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        sockets = getattr(site._server, "sockets", None) or []
-        if sockets:
-            self.port = sockets[0].getsockname()[1]
+        assert self._runner.server is not None, "set up above"
+        try:
+            self.port = await self.guard.serve(self._runner.server, self.host, self.port)
+        except BaseException:
+            await self.stop()
+            raise
         return self.port
 
     async def stop(self) -> None:
+        self.guard.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        self.guard.abort_all()
 
     async def dispatch_bytes(self, body: bytes) -> Any:
         return await self.dispatcher.dispatch_bytes(body)

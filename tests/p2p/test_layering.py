@@ -1,8 +1,10 @@
 """The p2p package's import rules, checked by reading its source.
 
 ``p2p`` may take only wire primitives from ``consensus`` (codec, crypto,
-types); only ``transport`` touches aiohttp; only the runtime modules
-(``transport``, ``tasks``, ``link``, ``requests``, ``serving``, ``network``)
+types); only ``transport`` and ``guard`` (the socket-level connection guard,
+which the RPC server uses too) touch aiohttp; only the runtime modules
+(``transport``, ``tasks``, ``link``, ``requests``, ``serving``, ``network``,
+``guard``, ``logbound``, ``admission``)
 may use asyncio or logging, and the sans-I/O modules import nothing that
 reads a clock, draws randomness or does I/O. Nothing in the package imports
 the ``network`` facade: its parts are given callbacks instead. Every module
@@ -21,7 +23,7 @@ import pytest
 P2P = Path(__file__).resolve().parents[2] / "p2p"
 MODULES = sorted(p.stem for p in P2P.glob("*.py") if p.stem != "__init__")
 ALLOWED_CONSENSUS = {"consensus.codec", "consensus.crypto", "consensus.types"}
-IO_MODULES = {"transport", "tasks", "link", "requests", "serving", "network"}
+IO_MODULES = {"transport", "tasks", "link", "requests", "serving", "network", "guard", "logbound", "admission"}
 SANS_IO_MODULES = {"messages", "session", "gossip", "peers", "settings", "handler"}
 FORBIDDEN_IN_PURE = {"asyncio", "aiohttp", "socket", "time", "random", "os", "logging", "threading"}
 
@@ -62,7 +64,7 @@ def test_sans_io_modules_do_no_io(module: str) -> None:
 
 def test_only_the_transport_touches_aiohttp() -> None:
     users = {m for m in MODULES if any(n.split(".")[0] == "aiohttp" for n in imports_of(m))}
-    assert users == {"transport"}
+    assert users == {"transport", "guard"}
 
 
 def test_nothing_in_the_package_imports_the_network_facade() -> None:
