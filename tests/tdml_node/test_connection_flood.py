@@ -31,7 +31,7 @@ from consensus.crypto import Keypair
 from consensus.transition import compute_genesis_hash
 from p2p.network import P2PNetwork
 from p2p.settings import ChainIdentity, NetworkConfig, PeerSettings
-from tdml_node.app import PROTOCOL_VERSION
+from tdml_node.app import ADDR_FILE, PROTOCOL_VERSION
 from tdml_node.config import load_config, write_config
 from tdml_node.devnet import Devnet
 
@@ -107,7 +107,8 @@ async def test_a_flood_past_the_descriptor_limit_leaves_health_and_a_real_peer_w
     held: list[asyncio.StreamWriter] = []
     try:
         async with asyncio.timeout(60):
-            while not any("RPC_READY" in line for line in lines):
+            # The node writes its address file once both listeners are up.
+            while not (config.data_dir / ADDR_FILE).exists():
                 assert proc.poll() is None, "".join(lines)[-3000:]
                 await asyncio.sleep(0.1)
         health_url = f"http://127.0.0.1:{node.rpc_port}/health"

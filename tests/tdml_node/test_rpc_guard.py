@@ -26,7 +26,7 @@ from tdml_node.rpc import RpcServer
 pytestmark = pytest.mark.timeout(60)
 
 LIMITS = GuardLimits(max_connections=40, max_per_ip=5, reserved_known=10, header_timeout=0.5, idle_timeout=1.5)
-HEALTH = b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n"
+HEALTH = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
 
 @pytest.fixture
@@ -71,7 +71,7 @@ async def health(port: int) -> bytes:
 async def test_idle_and_half_sent_connections_are_closed_by_the_deadline(rpc: RpcServer) -> None:
     idle_reader, idle = await connect(rpc.port, "127.0.0.2")
     half_reader, half = await connect(rpc.port, "127.0.0.3")
-    half.write(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Type: appl")
+    half.write(b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: appl")
     assert await closed_within(idle_reader, 5.0)
     assert await closed_within(half_reader, 5.0)
     idle.close()
