@@ -126,7 +126,8 @@ class _Chain(Collector):
         yield syncing
 
     def _jobs(self, state: LedgerState) -> Iterator[Metric]:
-        labels = ["job", "name"]
+        # Not "job": Prometheus sets that label on every series it scrapes (the scrape job's name).
+        labels = ["job_id", "name"]
         step = GaugeMetricFamily("tdml_job_step", "Steps the job has completed on the chain", labels=labels)
         planned = GaugeMetricFamily("tdml_job_steps_planned", "Steps the job's spec asks for", labels=labels)
         active = GaugeMetricFamily("tdml_job_active", "1 while the job runs, 0 once done or stalled", labels=labels)
