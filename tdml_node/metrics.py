@@ -30,7 +30,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from consensus.state import LedgerState
-from consensus.types import JOB_ACTIVE, ROLE_TRAINER, Block, JobState, StepOutcome
+from consensus.types import JOB_ACTIVE, ROLE_TRAINER, Block, Hash32, JobState, StepOutcome
 from tdml_node.jsonview import f32, hex0x
 
 P = ParamSpec("P")
@@ -113,6 +113,9 @@ class _Chain(Collector):
 
     def __init__(self, reads: ChainReads) -> None:
         self.reads = reads
+        self._evals: dict[Hash32, tuple[int, StepOutcome | None]] = {}
+        """Each watched job's last evaluation, by the step it was read at: a read walks back up to
+        ``eval_every`` stored outcomes, so it is done once per step, not once per scrape."""
 
     def collect(self) -> Iterator[Metric]:
         state = self.reads.state()
@@ -136,6 +139,7 @@ class _Chain(Collector):
         accuracy = GaugeMetricFamily(
             "tdml_job_test_accuracy", "Test accuracy (correct / total) of the job's last evaluation", labels=labels
         )
+        evals: dict[Hash32, tuple[int, StepOutcome | None]] = {}
         for job in get_watched_jobs(iter(state.jobs.values())):
             key = [hex0x(job.job_id), job.spec.name]
             step.add_metric(key, job.step)
@@ -143,11 +147,18 @@ class _Chain(Collector):
             active.add_metric(key, 1 if job.status == JOB_ACTIVE else 0)
             if job.last_outcome is not None:
                 train.add_metric(key, compute_loss(job.last_outcome.train_loss))
-            evaluation = self.reads.last_eval(job)
+            evaluation = self._last_eval(job, evals)
             if evaluation is not None and evaluation.eval_total:
                 test_loss.add_metric(key, compute_loss(evaluation.eval_loss))
                 accuracy.add_metric(key, evaluation.eval_correct / evaluation.eval_total)
+        self._evals = evals
         yield from (step, planned, active, train, test_loss, accuracy)
+
+    def _last_eval(self, job: JobState, evals: dict[Hash32, tuple[int, StepOutcome | None]]) -> StepOutcome | None:
+        cached = self._evals.get(job.job_id)
+        evaluation = cached[1] if cached is not None and cached[0] == job.step else self.reads.last_eval(job)
+        evals[job.job_id] = (job.step, evaluation)
+        return evaluation
 
     def _trainers(self, state: LedgerState) -> Iterator[Metric]:
         families = {

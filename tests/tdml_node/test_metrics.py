@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from consensus.crypto import Keypair
 from consensus.transition import compute_genesis_hash, compute_job_id, make_genesis_state
-from consensus.types import JOB_ACTIVE, JOB_DONE, Genesis, Hash32, Height
+from consensus.types import JOB_ACTIVE, JOB_DONE, Genesis, Hash32, Height, JobState, StepOutcome
 from p2p.network import P2PNetwork
 from p2p.settings import ChainIdentity, PeerSettings
 from tdml_node.app import PROTOCOL_VERSION
@@ -249,3 +249,24 @@ def test_the_job_series_are_bounded_to_the_most_recent_jobs() -> None:
 def test_a_nan_loss_is_exported_as_nan_and_a_loss_as_the_rpc_decodes_it() -> None:
     assert math.isnan(compute_loss(0x7FC00000))
     assert compute_loss(0x3F800000) == 1.0 == f32(0x3F800000)
+
+
+def test_a_jobs_evaluation_is_read_from_the_store_once_per_step_not_per_scrape() -> None:
+    _, genesis, job_id, _ = job_genesis(STEPS)
+    state = make_genesis_state(genesis, TorchExecutor(MemoryBlobStore()))
+    current = [state]
+    reads: list[int] = []
+
+    def last_eval(job: JobState) -> StepOutcome | None:
+        reads.append(job.step)
+        return None
+
+    metrics = NodeMetrics()
+    metrics.watch_chain(ChainReads(state=lambda: current[0], last_eval=last_eval, best_peer_height=lambda: 0, syncing=lambda: False))
+    metrics.render()
+    metrics.render()
+    assert reads == [0]
+    current[0] = dataclasses.replace(state, jobs={job_id: dataclasses.replace(state.jobs[job_id], step=1)})
+    metrics.render()
+    metrics.render()
+    assert reads == [0, 1]
