@@ -32,6 +32,8 @@ ALLOWED: dict[str, set[str]] = {
     "tdml_node.keystore": {"consensus", "tdml_node.keys"},
     # The configuration accepts exactly the log levels and formats the formatter knows.
     "tdml_node.config": {"consensus", "tdml_node.logfmt"},
+    # The chain's losses and ids read in /metrics exactly as tdml_getJob shows them.
+    "tdml_node.metrics": {"consensus", "tdml_node.jsonview"},
     # A client built from a node home reads that home's config (RPC address, token, cookie path).
     "tdml_node.client": {"consensus", "tdml_node.config"},
     "tdml_node.storage": {"consensus"},

@@ -29,6 +29,7 @@ from consensus.work import (
 )
 from tdml_node.duties.context import DutyContext
 from tdml_node.duties.standin import standin_due
+from tdml_node.metrics import timed
 from tdml_node.runtime.workqueue import PRIORITY_CHECK
 
 log = logging.getLogger("tdml.duties")
@@ -44,6 +45,7 @@ class Checking:
         standin_after: float,
     ) -> None:
         self.ctx = ctx
+        self._replay = timed(ctx.metrics.verification_seconds, ctx.seams.check)
         self._deliver = deliver
         self._on_fraud = on_fraud
         self.standin_after = standin_after
@@ -114,7 +116,7 @@ class Checking:
         try:
             sample_sig, steps = sample_for(ctx.keypair, ctx.chain_id, job, sub)
             try:
-                result = await ctx.runner.run(PRIORITY_CHECK, ctx.seams.check, ctx.executor, job, sub, steps)
+                result = await ctx.runner.run(PRIORITY_CHECK, self._replay, ctx.executor, job, sub, steps)
             except WorkUnavailable as exc:
                 log.warning("cannot check yet: %s", exc, extra={"unit": sid, "job": sub.job, "step": sub.step})
                 return

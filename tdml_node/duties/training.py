@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from consensus.types import JOB_ACTIVE, Hash32, JobState, SignedWorkSubmission, WorkSubmission
 from consensus.work import WorkUnavailable, sign_submission, submission_id
 from tdml_node.duties.context import DutyContext
+from tdml_node.metrics import timed
 from tdml_node.runtime.workqueue import PRIORITY_TRAIN
 
 log = logging.getLogger("tdml.duties")
@@ -29,6 +30,7 @@ UnitKey = tuple[Hash32, int, int]
 class Training:
     def __init__(self, ctx: DutyContext, submit: Callable[[SignedWorkSubmission], Awaitable[None]]) -> None:
         self.ctx = ctx
+        self._compute = timed(ctx.metrics.training_seconds, ctx.seams.train)
         self._submit = submit
         self.running: set[UnitKey] = set()
 
@@ -55,7 +57,7 @@ class Training:
         key = (job.job_id, job.step, shard)
         try:
             try:
-                unit = await ctx.runner.run(PRIORITY_TRAIN, ctx.seams.train, ctx.executor, job, shard)
+                unit = await ctx.runner.run(PRIORITY_TRAIN, self._compute, ctx.executor, job, shard)
             except WorkUnavailable as exc:
                 log.warning("cannot train yet: %s", exc, extra={"job": job.job_id, "step": job.step, "shard": shard})
                 return

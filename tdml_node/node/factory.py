@@ -24,7 +24,7 @@ from consensus.transition import compute_genesis_hash, make_genesis_state
 from consensus.types import Genesis
 from tdml_node.config import NodeConfig
 from tdml_node.duties import Duties, DutyContext
-from tdml_node.metrics import NodeMetrics
+from tdml_node.metrics import ChainReads, NodeMetrics
 from tdml_node.node.handlers import PeerHandlers
 from tdml_node.node.intake import TransactionIntake
 from tdml_node.node.node import InboxItem, Node, NodeHalted, NodeParts
@@ -112,6 +112,13 @@ def _assemble(
     hold = ProposalHold()
     runner = WorkRunner(worker, BlobFetcher(store, network, offload=offload))
     tasks = TaskOwner(stop.halt)
+    syncer = Syncer(chain, network, inbox.put_nowait)
+    metrics.watch_chain(ChainReads(
+        state=lambda: chain.state,
+        last_eval=lambda job: store.get_last_eval(job.job_id, job.step, job.spec.eval_every),
+        best_peer_height=network.best_peer_height,
+        syncing=lambda: bool(syncer.syncing_to),
+    ))
     duties = Duties(
         DutyContext(
             keypair=keypair,
@@ -171,7 +178,7 @@ def _assemble(
             hold=hold,
             deliver=inbox.put_nowait,
         ),
-        syncer=Syncer(chain, network, inbox.put_nowait),
+        syncer=syncer,
         handlers=PeerHandlers(
             node_key=keypair.public_key,
             chain=chain,
