@@ -547,7 +547,7 @@ async def check(h: RpcHarness, inp: RpcInput) -> str:
     node = h.node
     before = mempool_hashes(node)
     if inp.channel == "ws":
-        answer = await handle_text(inp.body.decode("utf-8", "replace"), set(), h.server.dispatcher)
+        answer = await handle_text(inp.body.decode("utf-8", "replace"), {}, h.server.dispatcher)
     else:
         answer = await h.server.dispatch_bytes(inp.body)
     try:

@@ -1,0 +1,115 @@
+"""The real web3.py client reads a real node on loopback: chain id, blocks, net, syncing, newHeads.
+
+web3.py formats every answer (checksums addresses, parses quantities,
+checks hash lengths), so a field in the wrong shape fails here as it would
+for any Ethereum tool. The synchronous ``Web3`` runs in a thread, since the
+node runs on this test's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from web3 import AsyncWeb3, HTTPProvider, Web3, WebSocketProvider
+
+from consensus.codec import encode
+from consensus.crypto import Keypair, address_of
+from tdml_node.client import make_transfer
+from tdml_node.rpc import METHOD_NOT_FOUND
+from tdml_node.rpc.ethview import compute_eth_chain_id
+from tests.tdml_node.test_rpc import LiveNode, live
+
+__all__ = ["live"]
+
+
+async def _send_transfer(live: LiveNode) -> str:
+    account = await live.result("tdml_getAccount", "0x" + live.client_key.address.hex())
+    tx = make_transfer(live.client_key, "rpc-test", account["nonce"], Keypair.generate().address, 77)
+    digest: str = await live.result("tdml_sendRawTransaction", "0x" + encode(tx).hex())
+    async with asyncio.timeout(20):
+        while await live.result("tdml_getTransactionReceipt", digest) is None:
+            await asyncio.sleep(0.05)
+    return digest
+
+
+def _http_reads(url: str, tx_height: int) -> dict[str, Any]:
+    w3 = Web3(HTTPProvider(url, request_kwargs={"timeout": 10}))
+    latest = w3.eth.get_block("latest")
+    return {
+        "chain_id": w3.eth.chain_id,
+        "block_number": w3.eth.block_number,
+        "latest": latest,
+        "by_hash": w3.eth.get_block(latest["hash"]),
+        "full": w3.eth.get_block(tx_height, full_transactions=True),
+        "earliest": w3.eth.get_block("earliest"),
+        "finalized": w3.eth.get_block("finalized"),
+        "version": w3.net.version,
+        "peer_count": w3.net.peer_count,
+        "client_version": w3.client_version,
+        "syncing": w3.eth.syncing,
+    }
+
+
+async def test_web3_http_provider_reads_the_chain(live: LiveNode) -> None:
+    digest = await _send_transfer(live)
+    receipt = await live.result("tdml_getTransactionReceipt", digest)
+    await live.wait_height(receipt["blockNumber"] + 1)
+    got = await asyncio.wait_for(asyncio.to_thread(_http_reads, live.url, receipt["blockNumber"]), 60)
+
+    assert got["chain_id"] == compute_eth_chain_id("rpc-test") and 0 < got["chain_id"] < 2**53
+    assert got["version"] == str(got["chain_id"])
+    latest = got["latest"]
+    assert latest["number"] >= receipt["blockNumber"] + 1 and got["block_number"] >= latest["number"]
+    assert got["by_hash"] == latest
+    assert latest["gasUsed"] == 0 and latest["difficulty"] == 0 and latest["uncles"] == []
+    assert latest["timestamp"] == 0 and latest["logsBloom"] == bytes(256)
+    ours = await live.result("tdml_getBlockByNumber", latest["number"], False)
+    assert "0x" + latest["hash"].hex() == ours["hash"]
+    assert "0x" + latest["parentHash"].hex() == ours["header"]["parent_hash"]
+    assert "0x" + latest["stateRoot"].hex() == ours["header"]["state_root"]
+    proposer = address_of(bytes.fromhex(ours["header"]["proposer"][2:]))
+    assert latest["miner"] == Web3.to_checksum_address("0x" + proposer.hex())
+    assert latest["size"] == len(bytes.fromhex((await live.result("tdml_getRawBlock", latest["number"]))[2:]))
+
+    full = got["full"]
+    assert full["number"] == receipt["blockNumber"]
+    (tx,) = [t for t in full["transactions"] if "0x" + t["hash"].hex() == digest]
+    assert tx["blockNumber"] == receipt["blockNumber"] and tx["transactionIndex"] == receipt["index"]
+    assert tx["from"] == Web3.to_checksum_address("0x" + live.client_key.address.hex())
+    assert tx["value"] == 77 and tx["gas"] == 0 and tx["chainId"] == got["chain_id"]
+
+    assert got["earliest"]["number"] == 0 and got["earliest"]["hash"].hex() == live.node.genesis_hash.hex()
+    assert got["finalized"]["number"] >= latest["number"]
+    assert got["peer_count"] == 0 and got["syncing"] is False
+    assert got["client_version"].startswith("tdml-node/v")
+
+
+@pytest.mark.parametrize("method", ["eth_sendRawTransaction", "eth_sendTransaction", "eth_sign", "personal_sign"])
+async def test_nothing_writes_through_eth(live: LiveNode, method: str) -> None:
+    height = await live.result("tdml_blockNumber")
+    answer = await live.call(method, "0x" + "00" * 40)
+    assert answer["error"]["code"] == METHOD_NOT_FOUND
+    assert len(live.node.mempool) == 0 and await live.result("tdml_blockNumber") >= height
+
+
+async def test_web3_websocket_provider_receives_new_heads_in_order(live: LiveNode) -> None:
+    ws_url = live.url.replace("http://", "ws://") + "ws"
+    heads: list[dict[str, Any]] = []
+    async with asyncio.timeout(60):
+        async with AsyncWeb3(WebSocketProvider(ws_url)) as w3:
+            assert await w3.eth.chain_id == compute_eth_chain_id("rpc-test")
+            sub_id = await w3.eth.subscribe("newHeads")
+            async for message in w3.socket.process_subscriptions():
+                assert message["subscription"] == sub_id
+                heads.append(message["result"])
+                if len(heads) == 4:
+                    break
+            assert await w3.eth.unsubscribe(sub_id) is True
+    numbers = [h["number"] for h in heads]
+    assert numbers == list(range(numbers[0], numbers[0] + 4))
+    for parent, child in zip(heads, heads[1:], strict=False):
+        assert child["parentHash"] == parent["hash"]
+    ours = await live.result("tdml_getBlockByNumber", numbers[-1], False)
+    assert "0x" + heads[-1]["hash"].hex() == ours["hash"]
