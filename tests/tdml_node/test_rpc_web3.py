@@ -113,3 +113,9 @@ async def test_web3_websocket_provider_receives_new_heads_in_order(live: LiveNod
         assert child["parentHash"] == parent["hash"]
     ours = await live.result("tdml_getBlockByNumber", numbers[-1], False)
     assert "0x" + heads[-1]["hash"].hex() == ours["hash"]
+
+
+def test_the_eth_chain_id_is_stable_and_the_documented_one() -> None:
+    # Tools are configured with this number: it must not change for a chain (docs/rpc.md, decision 25).
+    assert compute_eth_chain_id("tdml-devnet") == 7281167605738
+    assert compute_eth_chain_id("tdml-devnet") != compute_eth_chain_id("tdml-devnet2")
