@@ -5,7 +5,10 @@ other Ethereum writes are "method not found" (TDML transactions are not
 Ethereum transactions; ``tdml_sendRawTransaction`` takes them). Block tags
 ``pending``, ``safe`` and ``finalized`` are the latest block: a committed
 TDML block is final at once, and there is no pending block.
-``eth_subscribe``/``eth_unsubscribe`` (``newHeads``) live in ``websocket``.
+Account reads (``eth_getBalance``, ``eth_getTransactionCount``: TDML
+addresses are 20 bytes too) answer for the latest state only, the one the
+node keeps. ``eth_subscribe``/``eth_unsubscribe`` (``newHeads``) live in
+``websocket``.
 
 This module must never change node state.
 """
@@ -17,15 +20,26 @@ from typing import Any
 
 from consensus.codec import encode
 from consensus.transition import compute_block_hash
+from consensus.types import Account, Address
 from tdml_node import __version__
 from tdml_node.rpc.ethview import (
     compute_eth_chain_id,
     eth_block,
     eth_genesis_block,
+    eth_receipt,
     eth_transaction,
     quantity,
 )
-from tdml_node.rpc.params import Method, Param, parse_block_tag, parse_bool, parse_hash
+from tdml_node.rpc.params import (
+    INVALID_PARAMS,
+    Method,
+    Param,
+    RpcError,
+    parse_address,
+    parse_block_tag,
+    parse_bool,
+    parse_hash,
+)
 from tdml_node.runtime.views import NodeView
 
 FINAL_TAGS = ("pending", "safe", "finalized")
@@ -58,6 +72,14 @@ class EthMethods:
                 self.get_block_by_hash, (Param("hash", parse_hash), Param("full", parse_bool, False))
             ),
             "eth_getTransactionByHash": Method(self.get_transaction, (Param("hash", parse_hash),)),
+            "eth_getTransactionReceipt": Method(self.get_receipt, (Param("hash", parse_hash),)),
+            "eth_getBalance": Method(
+                self.get_balance, (Param("address", parse_address), Param("block", parse_eth_block, "latest"))
+            ),
+            "eth_getTransactionCount": Method(
+                self.get_transaction_count,
+                (Param("address", parse_address), Param("block", parse_eth_block, "latest")),
+            ),
             "eth_syncing": Method(self.syncing, ()),
             "net_version": Method(self.net_version, ()),
             "net_peerCount": Method(self.peer_count, ()),
@@ -90,6 +112,26 @@ class EthMethods:
         block, index = found
         signed = block.body.transactions[index]
         return eth_transaction(signed, block.header.height, compute_block_hash(block.header), index, self.eth_chain_id)
+
+    async def get_receipt(self, digest: bytes) -> Any:
+        found = self.node.store.get_tx_block(digest)
+        if found is None:
+            return None
+        block, index = found
+        return eth_receipt(block.body.transactions[index], block.header.height, compute_block_hash(block.header), index)
+
+    async def get_balance(self, address: bytes, tag: int | str) -> str:
+        return quantity(self._account_at(address, tag).balance)
+
+    async def get_transaction_count(self, address: bytes, tag: int | str) -> str:
+        return quantity(self._account_at(address, tag).nonce)
+
+    def _account_at(self, address: bytes, tag: int | str) -> Account:
+        state = self.node.chain.state
+        if tag != "latest" and tag != state.height:
+            # Only the state after the last block is kept (as a pruned Ethereum node).
+            raise RpcError(INVALID_PARAMS, f"only the latest state (block {state.height}) is kept")
+        return state.get_account(Address(address))
 
     async def syncing(self) -> Any:
         node = self.node

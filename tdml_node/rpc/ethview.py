@@ -112,6 +112,28 @@ def eth_transaction(
     }
 
 
+def eth_receipt(signed: SignedTransaction, height: int, block_hash: bytes, index: int) -> dict[str, Any]:
+    """A committed transaction's receipt in Ethereum's shape: status 1 (every committed one applied,
+    decision 24), no gas, no logs; ``tdml_getTransactionReceipt`` says what it did."""
+    payload = signed.tx.payload
+    return {
+        "transactionHash": hex0x(tx_hash(signed)),
+        "transactionIndex": quantity(index),
+        "blockHash": hex0x(block_hash),
+        "blockNumber": quantity(height),
+        "from": hex0x(crypto.address_of(signed.tx.sender)),
+        "to": hex0x(payload.to) if isinstance(payload, Transfer) else None,
+        "status": "0x1",
+        "cumulativeGasUsed": "0x0",
+        "gasUsed": "0x0",
+        "effectiveGasPrice": "0x0",
+        "contractAddress": None,
+        "logs": [],
+        "logsBloom": ZERO_BLOOM,
+        "type": "0x0",
+    }
+
+
 def _zero_fields() -> dict[str, Any]:
     return {
         "sha3Uncles": ZERO32,

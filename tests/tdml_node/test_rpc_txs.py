@@ -207,6 +207,9 @@ async def _walk_every_read(live: LiveNode) -> None:
         "eth_getBlockByNumber": [hex(receipt["blockNumber"]), True],
         "eth_getBlockByHash": [block["hash"], True],
         "eth_getTransactionByHash": [digests[1]],
+        "eth_getTransactionReceipt": [digests[0]],
+        "eth_getBalance": [address],
+        "eth_getTransactionCount": [address, "pending"],
     }
     listed = [m["name"] for m in await live.result("tdml_methods")]
     answers = {}
@@ -217,7 +220,7 @@ async def _walk_every_read(live: LiveNode) -> None:
     answers["earliest"] = await live.result("tdml_getBlockByNumber", "earliest")
     answers["eth_earliest"] = await live.result("eth_getBlockByNumber", "earliest", True)
     assert answers["tdml_bannedPeers"], "the ban above shows in the answer"
-    assert answers["tdml_getTransactionByHash"] is not None and answers["tdml_getModel"] is not None
+    assert all(answers[m] is not None for m in ("tdml_getTransactionByHash", "tdml_getModel", "eth_getTransactionReceipt"))
     bad = [
         (path, s)
         for name, answer in answers.items()

@@ -9,10 +9,12 @@ node runs on this test's event loop.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Any
 
 import pytest
 from web3 import AsyncWeb3, HTTPProvider, Web3, WebSocketProvider
+from web3.exceptions import Web3RPCError
 
 from consensus.codec import encode
 from consensus.crypto import Keypair, address_of
@@ -24,9 +26,12 @@ from tests.tdml_node.test_rpc import LiveNode, live
 __all__ = ["live"]
 
 
+RECIPIENT = Keypair.generate().address
+
+
 async def _send_transfer(live: LiveNode) -> str:
     account = await live.result("tdml_getAccount", "0x" + live.client_key.address.hex())
-    tx = make_transfer(live.client_key, "rpc-test", account["nonce"], Keypair.generate().address, 77)
+    tx = make_transfer(live.client_key, "rpc-test", account["nonce"], RECIPIENT, 77)
     digest: str = await live.result("tdml_sendRawTransaction", "0x" + encode(tx).hex())
     async with asyncio.timeout(20):
         while await live.result("tdml_getTransactionReceipt", digest) is None:
@@ -34,10 +39,21 @@ async def _send_transfer(live: LiveNode) -> str:
     return digest
 
 
-def _http_reads(url: str, tx_height: int) -> dict[str, Any]:
+def _http_reads(url: str, tx_height: int, digest: str, sender: str) -> dict[str, Any]:
     w3 = Web3(HTTPProvider(url, request_kwargs={"timeout": 10}))
     latest = w3.eth.get_block("latest")
+    recipient = Web3.to_checksum_address("0x" + RECIPIENT.hex())
+    try:
+        w3.eth.get_balance(recipient, 1)
+        old_state: Exception | None = None
+    except Web3RPCError as exc:
+        old_state = exc
     return {
+        "tx": w3.eth.get_transaction(digest),  # type: ignore[arg-type]
+        "receipt": w3.eth.get_transaction_receipt(digest),  # type: ignore[arg-type]
+        "balance": w3.eth.get_balance(recipient),
+        "sender_nonce": w3.eth.get_transaction_count(Web3.to_checksum_address(sender)),
+        "old_state": old_state,
         "chain_id": w3.eth.chain_id,
         "block_number": w3.eth.block_number,
         "latest": latest,
@@ -56,7 +72,8 @@ async def test_web3_http_provider_reads_the_chain(live: LiveNode) -> None:
     digest = await _send_transfer(live)
     receipt = await live.result("tdml_getTransactionReceipt", digest)
     await live.wait_height(receipt["blockNumber"] + 1)
-    got = await asyncio.wait_for(asyncio.to_thread(_http_reads, live.url, receipt["blockNumber"]), 60)
+    sender = "0x" + live.client_key.address.hex()
+    got = await asyncio.wait_for(asyncio.to_thread(_http_reads, live.url, receipt["blockNumber"], digest, sender), 60)
 
     assert got["chain_id"] == compute_eth_chain_id("rpc-test") and 0 < got["chain_id"] < 2**53
     assert got["version"] == str(got["chain_id"])
@@ -79,6 +96,15 @@ async def test_web3_http_provider_reads_the_chain(live: LiveNode) -> None:
     assert tx["blockNumber"] == receipt["blockNumber"] and tx["transactionIndex"] == receipt["index"]
     assert tx["from"] == Web3.to_checksum_address("0x" + live.client_key.address.hex())
     assert tx["value"] == 77 and tx["gas"] == 0 and tx["chainId"] == got["chain_id"]
+
+    assert got["tx"] == tx
+    eth_receipt = got["receipt"]
+    assert eth_receipt["status"] == 1 and eth_receipt["blockNumber"] == receipt["blockNumber"]
+    assert eth_receipt["transactionIndex"] == receipt["index"] and eth_receipt["logs"] == []
+    assert eth_receipt["to"] == Web3.to_checksum_address("0x" + RECIPIENT.hex())
+    assert got["balance"] == 77
+    assert got["sender_nonce"] == (await live.result("tdml_getAccount", sender))["nonce"]
+    assert got["old_state"] is not None and "latest state" in str(got["old_state"])
 
     assert got["earliest"]["number"] == 0 and got["earliest"]["hash"].hex() == live.node.genesis_hash.hex()
     assert got["finalized"]["number"] >= latest["number"]
@@ -109,7 +135,7 @@ async def test_web3_websocket_provider_receives_new_heads_in_order(live: LiveNod
             assert await w3.eth.unsubscribe(sub_id) is True
     numbers = [h["number"] for h in heads]
     assert numbers == list(range(numbers[0], numbers[0] + 4))
-    for parent, child in zip(heads, heads[1:], strict=False):
+    for parent, child in itertools.pairwise(heads):
         assert child["parentHash"] == parent["hash"]
     ours = await live.result("tdml_getBlockByNumber", numbers[-1], False)
     assert "0x" + heads[-1]["hash"].hex() == ours["hash"]
