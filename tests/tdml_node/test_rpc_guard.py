@@ -26,7 +26,7 @@ from tdml_node.rpc import RpcServer
 pytestmark = pytest.mark.timeout(60)
 
 LIMITS = GuardLimits(max_connections=40, max_per_ip=5, reserved_known=10, header_timeout=0.5, idle_timeout=1.5)
-HEALTH = b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n"
+HEALTH = b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n"
 
 
 @pytest.fixture

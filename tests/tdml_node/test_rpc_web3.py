@@ -4,24 +4,35 @@ web3.py formats every answer (checksums addresses, parses quantities,
 checks hash lengths), so a field in the wrong shape fails here as it would
 for any Ethereum tool. The synchronous ``Web3`` runs in a thread, since the
 node runs on this test's event loop.
+
+Importing web3 imports py_ecc, which raises the interpreter's recursion
+limit to 100000 for its own maths. Every test module is imported into one
+process, where the RPC's deep-nesting tests need the default limit (a
+200000-deep JSON array must raise RecursionError, not overflow the C stack
+and kill the process), so the limit is put back right after the import.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import sys
 from typing import Any
 
 import pytest
-from web3 import AsyncWeb3, HTTPProvider, Web3, WebSocketProvider
-from web3.exceptions import Web3RPCError
 
 from consensus.codec import encode
 from consensus.crypto import Keypair, address_of
 from tdml_node.client import make_transfer
-from tdml_node.rpc import METHOD_NOT_FOUND
+from tdml_node.rpc import INVALID_PARAMS, METHOD_NOT_FOUND
 from tdml_node.rpc.ethview import compute_eth_chain_id
 from tests.tdml_node.test_rpc import LiveNode, live
+
+_RECURSION_LIMIT = sys.getrecursionlimit()
+from web3 import AsyncWeb3, HTTPProvider, Web3, WebSocketProvider  # noqa: E402
+from web3.exceptions import Web3RPCError  # noqa: E402
+
+sys.setrecursionlimit(_RECURSION_LIMIT)
 
 __all__ = ["live"]
 
@@ -145,3 +156,33 @@ def test_the_eth_chain_id_is_stable_and_the_documented_one() -> None:
     # Tools are configured with this number: it must not change for a chain (docs/rpc.md, decision 25).
     assert compute_eth_chain_id("tdml-devnet") == 7281167605738
     assert compute_eth_chain_id("tdml-devnet") != compute_eth_chain_id("tdml-devnet2")
+
+
+async def test_one_websocket_holds_both_kinds_of_subscription(live: LiveNode) -> None:
+    async with asyncio.timeout(30), live.http.ws_connect(live.url + "ws") as ws:
+        await ws.send_json({"jsonrpc": "2.0", "id": 1, "method": "eth_subscribe", "params": ["newBlocks"]})
+        assert (await ws.receive_json())["error"]["code"] == INVALID_PARAMS
+        await ws.send_json({"jsonrpc": "2.0", "id": 2, "method": "eth_subscribe", "params": ["logs"]})
+        assert "newHeads" in (await ws.receive_json())["error"]["message"]
+        await ws.send_json({"jsonrpc": "2.0", "id": 3, "method": "eth_subscribe", "params": ["newHeads"]})
+        eth_id = (await ws.receive_json())["result"]
+        await ws.send_json({"jsonrpc": "2.0", "id": 4, "method": "tdml_subscribe", "params": ["newBlocks"]})
+        tdml_id = (await ws.receive_json())["result"]
+        seen: dict[str, list[dict[str, Any]]] = {eth_id: [], tdml_id: []}
+        while min(len(v) for v in seen.values()) < 2:
+            message = await ws.receive_json()
+            kind = {eth_id: "eth_subscription", tdml_id: "tdml_subscription"}[message["params"]["subscription"]]
+            assert message["method"] == kind
+            seen[message["params"]["subscription"]].append(message["params"]["result"])
+        heads, blocks = seen[eth_id], seen[tdml_id]
+        assert isinstance(heads[0]["number"], str) and heads[0]["number"].startswith("0x")
+        assert isinstance(blocks[0]["number"], int) and "transactions" not in heads[0]
+        assert {int(h["number"], 16) for h in heads} & {b["number"] for b in blocks}
+        await ws.send_json({"jsonrpc": "2.0", "id": 5, "method": "eth_unsubscribe", "params": [tdml_id]})
+        await ws.send_json({"jsonrpc": "2.0", "id": 6, "method": "tdml_unsubscribe", "params": [tdml_id]})
+        answers = {}
+        while len(answers) < 2:
+            message = await ws.receive_json()
+            if "id" in message:
+                answers[message["id"]] = message["result"]
+        assert answers == {5: True, 6: False}
