@@ -35,7 +35,7 @@ from pathlib import Path
 
 import plyvel
 
-from consensus.codec import decode_as, encode
+from consensus.codec import DecodeError, decode_as, encode
 from consensus.crypto import hash_value, sha256
 from consensus.errors import LocalFault
 from consensus.state import LedgerState
@@ -92,7 +92,11 @@ class ChainStore:
             raise StorageError(f"cannot open the database at {path}: {_reason(exc)}") from exc
         self._lock = threading.Lock()
         self.path = path
-        self._index_old_transactions()
+        try:
+            self._index_old_transactions()
+        except BaseException:
+            self._db.close()
+            raise
 
     def close(self) -> None:
         # Under the write lock: a commit whose task was cancelled by a stop still
@@ -283,8 +287,12 @@ class ChainStore:
         if self._db.get(TX_INDEXED) is not None or self._db.get(b"mtip") is None:
             return
         with self._write() as wb:
-            for _, raw in self._db.iterator(prefix=b"b"):
-                _put_tx_index(wb, decode_as(raw, Block, max_size=MAX_BLOCK_BYTES))
+            for key, raw in self._db.iterator(prefix=b"b"):
+                try:
+                    block = decode_as(raw, Block, max_size=MAX_BLOCK_BYTES)
+                except DecodeError as exc:
+                    raise StorageError(f"the stored block {key[1:].hex()} cannot be decoded: {exc}") from exc
+                _put_tx_index(wb, block)
             wb.put(TX_INDEXED, b"")
 
     def _write(self, sync: bool = True) -> _Batch:
