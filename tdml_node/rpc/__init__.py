@@ -3,8 +3,11 @@
 - ``server``: the aiohttp app (RPC, websocket, health, metrics, blobs);
 - ``dispatch``: request and batch framing, standard errors;
 - ``methods``: the methods, reading the node through its ``NodeView``;
+- ``eth``: the Ethereum-compatible reads (``eth_``, ``net_``, ``web3_``);
+- ``catalog``: ``rpc_modules`` and ``tdml_methods``, read from the dispatch table;
 - ``params``: error codes, parameters and their parsers;
-- ``views``: JSON views of blocks, jobs and outcomes;
+- ``views``: JSON views of blocks, transactions, receipts, jobs and outcomes;
+- ``ethview``: blocks, transactions and receipts in Ethereum's shapes;
 - ``websocket``: JSON-RPC over websockets and block subscriptions;
 - ``guard``: who may call (vhosts, origins, content types, the blob token);
 - ``body``: request bodies read under a size limit and a deadline;

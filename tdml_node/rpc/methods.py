@@ -1,4 +1,5 @@
-"""The JSON-RPC methods: reads of the chain, the jobs, the trainers' records and the model, and one write.
+"""The JSON-RPC methods: reads of the chain, its transactions, the jobs, the trainers' records and the model,
+and one write; with the Ethereum-compatible reads (``eth``) and the listing (``catalog``), the whole table.
 
 Every method reads the node through its ``NodeView``; the one write is
 ``tdml_sendRawTransaction``, which goes through the node's transaction
@@ -15,11 +16,14 @@ from typing import Any
 
 from consensus import crypto
 from consensus.codec import DecodeError, decode_as, encode
+from consensus.transition import compute_block_hash
 from consensus.types import FalsePass, FalseVerdict, Hash32, SignedTransaction, WorkFraud
 from consensus.work import submission_id
 from tdml_node import __version__
 from tdml_node.jsonview import hex0x, to_json
 from tdml_node.pools import TxRejected, tx_hash
+from tdml_node.rpc.catalog import add_catalog
+from tdml_node.rpc.eth import EthMethods
 from tdml_node.rpc.params import (
     INVALID_PARAMS,
     INVALID_REQUEST,
@@ -36,7 +40,15 @@ from tdml_node.rpc.params import (
     parse_key_list,
     parse_raw,
 )
-from tdml_node.rpc.views import block_view, job_summary, job_view, outcome_view, role_names
+from tdml_node.rpc.views import (
+    block_view,
+    job_summary,
+    job_view,
+    outcome_view,
+    receipt_view,
+    role_names,
+    transaction_view,
+)
 from tdml_node.runtime.netlink import Partitionable
 from tdml_node.runtime.views import NodeView
 
@@ -53,6 +65,8 @@ class RpcMethods:
             "tdml_getBlockByHash": Method(
                 self.get_block_by_hash, (Param("hash", parse_hash), Param("full", parse_bool, True))
             ),
+            "tdml_getTransactionByHash": Method(self.get_transaction, (Param("hash", parse_hash),)),
+            "tdml_getTransactionReceipt": Method(self.get_receipt, (Param("hash", parse_hash),)),
             "tdml_getJob": Method(self.get_job, (Param("job", parse_hash),)),
             "tdml_getJobSpec": Method(self.get_job_spec, (Param("job", parse_hash),)),
             "tdml_listJobs": Method(self.list_jobs, ()),
@@ -73,6 +87,8 @@ class RpcMethods:
         if dev:
             # Fault injection for test networks; absent from a production node's RPC.
             self.table["tdml_devPartition"] = Method(self.dev_partition, (Param("peers", parse_key_list),))
+        self.table.update(EthMethods(node).table)
+        add_catalog(self.table)
 
     # ------------------------------------------------------------ blocks
 
@@ -106,6 +122,24 @@ class RpcMethods:
 
     def _genesis_view(self) -> Any:
         return {"number": 0, "hash": hex0x(self.node.genesis_hash), "genesis": to_json(self.node.genesis)}
+
+    # ------------------------------------------------------------ transactions
+
+    async def get_transaction(self, digest: bytes) -> Any:
+        found = self._committed_tx(digest)
+        return None if found is None else transaction_view(*found)
+
+    async def get_receipt(self, digest: bytes) -> Any:
+        found = self._committed_tx(digest)
+        return None if found is None else receipt_view(*found)
+
+    def _committed_tx(self, digest: bytes) -> tuple[SignedTransaction, int, Hash32, int] | None:
+        """A committed transaction, its block's height and hash, and its index; None if no block holds it."""
+        found = self.node.store.get_tx_block(digest)
+        if found is None:
+            return None
+        block, index = found
+        return block.body.transactions[index], block.header.height, compute_block_hash(block.header), index
 
     # ------------------------------------------------------------ jobs
 
@@ -173,7 +207,7 @@ class RpcMethods:
             "modelRoot": hex0x(job.model_root),
             "available": data is not None,
             "size": len(data) if data is not None else 0,
-            "blobPath": f"/blob/{job.model_root.hex()}",
+            "blobPath": f"/blob/{hex0x(job.model_root)}",
             "model": to_json(job.spec.model),
         }
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from consensus.transition import compute_block_hash
+from consensus import crypto
+from consensus.transition import compute_block_hash, compute_job_id
 from consensus.types import (
     JOB_ACTIVE,
     JOB_DONE,
@@ -16,7 +17,11 @@ from consensus.types import (
     Block,
     CommitCertificate,
     JobState,
+    RegisterNode,
+    SignedTransaction,
     StepOutcome,
+    SubmitJob,
+    Transfer,
 )
 from consensus.work import submission_id
 from tdml_node.jsonview import f32, hex0x, to_json
@@ -55,6 +60,45 @@ def block_summary(committed: CommittedBlock) -> dict[str, Any]:
         "submissions": len(block.body.submissions),
         "evidence": len(block.body.evidence),
         "outcomes": [outcome_view(o) for o in block.body.outcomes],
+    }
+
+
+def transaction_view(signed: SignedTransaction, height: int, block_hash: bytes, index: int) -> dict[str, Any]:
+    """A committed transaction: its hash, where it is, its sender's address, and the signed transaction."""
+    return {
+        "hash": hex0x(tx_hash(signed)),
+        "blockNumber": height,
+        "blockHash": hex0x(block_hash),
+        "index": index,
+        "from": hex0x(crypto.address_of(signed.tx.sender)),
+        "nonce": signed.tx.nonce,
+        "transaction": to_json(signed),
+    }
+
+
+def receipt_view(signed: SignedTransaction, height: int, block_hash: bytes, index: int) -> dict[str, Any]:
+    """What a committed transaction did. Its status is always ``applied``: a block holding a transaction
+    that fails its rule is invalid as a whole (decision 24), so no block records a failed one."""
+    tx = signed.tx
+    payload = tx.payload
+    effect: dict[str, Any]
+    match payload:
+        case Transfer():
+            effect = {"to": hex0x(payload.to), "amount": payload.amount}
+        case RegisterNode():
+            effect = {"stake": payload.stake, "roles": role_names(payload.roles), "endpoint": payload.endpoint}
+        case SubmitJob():
+            effect = {"jobId": hex0x(compute_job_id(tx)), "budget": payload.budget}
+    return {
+        "transactionHash": hex0x(tx_hash(signed)),
+        "blockNumber": height,
+        "blockHash": hex0x(block_hash),
+        "index": index,
+        "from": hex0x(crypto.address_of(tx.sender)),
+        "status": "applied",
+        "fee": tx.fee,
+        "kind": type(payload).__name__,
+        "effect": effect,
     }
 
 

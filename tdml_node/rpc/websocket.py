@@ -1,4 +1,5 @@
-"""JSON-RPC over a websocket, plus ``tdml_subscribe(["newBlocks"])`` notifications of committed blocks.
+"""JSON-RPC over a websocket, plus notifications of committed blocks: ``tdml_subscribe(["newBlocks"])``
+(TDML's block summary) and ``eth_subscribe(["newHeads"])`` (Ethereum's header shape, for Ethereum tools).
 
 Text and binary frames both carry UTF-8 JSON (web3.py sends binary). A
 request without an id is a notification: it is never answered, and a
@@ -29,11 +30,18 @@ from typing import Any
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from tdml_node.rpc.dispatch import Dispatcher, error, valid_id
+from tdml_node.rpc.ethview import eth_header
 from tdml_node.rpc.params import INVALID_PARAMS, INVALID_REQUEST, LIMIT_EXCEEDED, PARSE_ERROR
 from tdml_node.rpc.views import block_summary
 from tdml_node.runtime.views import CommittedBlock, NodeView
 
 log = logging.getLogger("tdml.rpc")
+
+SUBSCRIBE = {"tdml_subscribe": "newBlocks", "eth_subscribe": "newHeads"}
+"""Each subscribe method and the one kind it offers."""
+UNSUBSCRIBE = ("tdml_unsubscribe", "eth_unsubscribe")
+NOTIFICATION = {"newBlocks": "tdml_subscription", "newHeads": "eth_subscription"}
+"""The method name each kind's notifications carry."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +73,7 @@ async def serve_websocket(request: web.Request, node: NodeView, dispatcher: Disp
     _bound_send_buffer(transport, limits.send_buffer)
     outbox: asyncio.Queue[Any] = asyncio.Queue()
     room = asyncio.Event()
-    subscriptions: set[str] = set()
+    subscriptions: dict[str, str] = {}
     cut_reason: list[str] = []
 
     def cut_off(reason: str) -> None:
@@ -84,9 +92,11 @@ async def serve_websocket(request: web.Request, node: NodeView, dispatcher: Disp
         if outbox.qsize() + len(subscriptions) > limits.max_backlog:
             cut_off(f"over {limits.max_backlog} messages unread")
             return
-        summary = block_summary(committed)
-        for sub_id in subscriptions:
-            outbox.put_nowait({"jsonrpc": "2.0", "method": "tdml_subscription", "params": {"subscription": sub_id, "result": summary}})
+        views = {kind: _notified(kind, committed) for kind in set(subscriptions.values())}
+        for sub_id, kind in subscriptions.items():
+            outbox.put_nowait(
+                {"jsonrpc": "2.0", "method": NOTIFICATION[kind], "params": {"subscription": sub_id, "result": views[kind]}}
+            )
 
     async def writer() -> None:
         while True:
@@ -160,6 +170,12 @@ def _bound_send_buffer(transport: asyncio.Transport | None, size: int) -> None:
     transport.set_write_buffer_limits(high=size)
 
 
+def _notified(kind: str, committed: CommittedBlock) -> Any:
+    if kind == "newHeads":
+        return eth_header(committed.block, committed.block_hash)
+    return block_summary(committed)
+
+
 def _utf8(data: bytes) -> str | None:
     try:
         return data.decode("utf-8")
@@ -168,7 +184,7 @@ def _utf8(data: bytes) -> str | None:
 
 
 async def handle_text(
-    text: str, subscriptions: set[str], dispatcher: Dispatcher, max_subscriptions: int = 5
+    text: str, subscriptions: dict[str, str], dispatcher: Dispatcher, max_subscriptions: int = 5
 ) -> Any:
     """The answer to one websocket message (a subscription request, or any JSON-RPC request); None: no answer."""
     try:
@@ -177,12 +193,12 @@ async def handle_text(
         return error(None, PARSE_ERROR, f"parse error: {exc}")
     except RecursionError:
         return error(None, PARSE_ERROR, "parse error: nested too deeply")
-    if isinstance(payload, dict) and payload.get("method") in ("tdml_subscribe", "tdml_unsubscribe"):
+    if isinstance(payload, dict) and (payload.get("method") in SUBSCRIBE or payload.get("method") in UNSUBSCRIBE):
         return _subscription(payload, subscriptions, max_subscriptions)
     return await dispatcher.dispatch(payload)
 
 
-def _subscription(payload: dict[str, Any], subscriptions: set[str], max_subscriptions: int) -> Any:
+def _subscription(payload: dict[str, Any], subscriptions: dict[str, str], max_subscriptions: int) -> Any:
     if "id" not in payload:
         return None  # a notification: it changes nothing and is not answered
     rid = payload["id"]
@@ -195,14 +211,14 @@ def _subscription(payload: dict[str, Any], subscriptions: set[str], max_subscrip
         return error(rid, INVALID_REQUEST, "params must be an array or an object")
     if not isinstance(params, list) or len(params) != 1 or not isinstance(params[0], str):
         return error(rid, INVALID_PARAMS, "expected one string param")
-    if payload["method"] == "tdml_subscribe":
-        if params[0] != "newBlocks":
-            return error(rid, INVALID_PARAMS, "the only subscription is 'newBlocks'")
+    kind = SUBSCRIBE.get(payload["method"])
+    if kind is not None:
+        if params[0] != kind:
+            return error(rid, INVALID_PARAMS, f"the only subscription of {payload['method']} is {kind!r}")
         if len(subscriptions) >= max_subscriptions:
             return error(rid, LIMIT_EXCEEDED, f"at most {max_subscriptions} subscriptions per connection")
         sub_id = "0x" + os.urandom(8).hex()
-        subscriptions.add(sub_id)
+        subscriptions[sub_id] = kind
         return {"jsonrpc": "2.0", "id": rid, "result": sub_id}
-    found = params[0] in subscriptions
-    subscriptions.discard(params[0])
+    found = subscriptions.pop(params[0], None) is not None
     return {"jsonrpc": "2.0", "id": rid, "result": found}

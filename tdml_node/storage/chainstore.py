@@ -7,16 +7,21 @@ Layout (keys are a one-byte prefix and a fixed-width suffix):
 - ``h`` + block hash → height
 - ``w`` + submission id → height of the block that includes or judges it
 - ``o`` + job id + step (8 bytes BE) → the step's outcome (loss, evaluation)
+- ``t`` + transaction hash → height + index in the block (4 bytes BE)
 - ``x`` + digest → blob bytes (content-addressed)
 - ``m`` + name → metadata: ``tip`` (height + hash), ``state`` (snapshot),
-  ``genesis`` (genesis bytes), ``privval`` (last signed height/round/step)
+  ``genesis`` (genesis bytes), ``privval`` (last signed height/round/step),
+  ``txindex`` (present once every stored block's transactions are indexed)
 - ``l`` + height + sequence (4 bytes BE) → a consensus message of that
   height, as the consensus loop received it (the write-ahead log)
 
 ``commit_block`` writes a block, its commit, the ledger state after it, its
 indexes and the blobs it makes part of the state in ONE write batch with
 ``sync=True``: after a crash the store holds either all of a block or none of
-it, and a restart resumes at the last committed height.
+it, and a restart resumes at the last committed height. Blocks a node
+fetched by sync go through the same ``commit_block``, so they are indexed too.
+A store written before the transaction index existed is indexed once, when
+it is opened.
 
 This module must never interpret blocks beyond reading the fields it indexes.
 """
@@ -30,8 +35,8 @@ from pathlib import Path
 
 import plyvel
 
-from consensus.codec import decode_as, encode
-from consensus.crypto import sha256
+from consensus.codec import DecodeError, decode_as, encode
+from consensus.crypto import hash_value, sha256
 from consensus.errors import LocalFault
 from consensus.state import LedgerState
 from consensus.transition import compute_block_hash
@@ -43,12 +48,14 @@ from consensus.types import (
     Genesis,
     Hash32,
     Height,
+    SignedTransaction,
     StepOutcome,
     WorkFraud,
 )
 from consensus.work import submission_id
 
 MAX_BLOCK_BYTES = 64 * 1024 * 1024
+TX_INDEXED = b"mtxindex"
 
 
 class StorageError(LocalFault):
@@ -85,6 +92,11 @@ class ChainStore:
             raise StorageError(f"cannot open the database at {path}: {_reason(exc)}") from exc
         self._lock = threading.Lock()
         self.path = path
+        try:
+            self._index_old_transactions()
+        except BaseException:
+            self._db.close()
+            raise
 
     def close(self) -> None:
         # Under the write lock: a commit whose task was cancelled by a stop still
@@ -104,6 +116,7 @@ class ChainStore:
             wb.put(b"mgenesis", encode(genesis))
             wb.put(b"mstate", state.encode())
             wb.put(b"mtip", _h(0) + state.tip_hash)
+            wb.put(TX_INDEXED, b"")
 
     # -------------------------------------------------------------- blocks
 
@@ -130,6 +143,7 @@ class ChainStore:
             wb.put(b"b" + _h(height), encode(block))
             wb.put(b"c" + _h(height), encode(cert))
             wb.put(b"h" + block_hash, _h(height))
+            _put_tx_index(wb, block)
             for signed in block.body.submissions:
                 wb.put(b"w" + submission_id(signed.submission), _h(height))
             for ev in block.body.evidence:
@@ -157,6 +171,21 @@ class ChainStore:
     def get_height_of(self, block_hash: bytes) -> Height | None:
         raw = self._db.get(b"h" + block_hash)
         return Height(int.from_bytes(raw, "big")) if raw is not None else None
+
+    def get_tx_location(self, digest: bytes) -> tuple[Height, int] | None:
+        """The height of the block holding the transaction of this hash and its index there."""
+        raw = self._db.get(b"t" + digest)
+        if raw is None:
+            return None
+        return Height(int.from_bytes(raw[:8], "big")), int.from_bytes(raw[8:12], "big")
+
+    def get_tx_block(self, digest: bytes) -> tuple[Block, int] | None:
+        """The block holding the transaction of this hash, and the transaction's index in it."""
+        location = self.get_tx_location(digest)
+        block = self.get_block(location[0]) if location is not None else None
+        if location is None or block is None or location[1] >= len(block.body.transactions):
+            return None
+        return block, location[1]
 
     def get_work_height(self, sid: bytes) -> Height | None:
         raw = self._db.get(b"w" + sid)
@@ -253,8 +282,32 @@ class ChainStore:
 
     # ------------------------------------------------------------- helpers
 
+    def _index_old_transactions(self) -> None:
+        """Index the transactions of blocks committed before the index existed, once."""
+        if self._db.get(TX_INDEXED) is not None or self._db.get(b"mtip") is None:
+            return
+        with self._write() as wb:
+            for key, raw in self._db.iterator(prefix=b"b"):
+                try:
+                    block = decode_as(raw, Block, max_size=MAX_BLOCK_BYTES)
+                except DecodeError as exc:
+                    raise StorageError(f"the stored block {key[1:].hex()} cannot be decoded: {exc}") from exc
+                _put_tx_index(wb, block)
+            wb.put(TX_INDEXED, b"")
+
     def _write(self, sync: bool = True) -> _Batch:
         return _Batch(self, sync)
+
+
+def compute_tx_hash(signed: SignedTransaction) -> Hash32:
+    """A transaction's hash: the hash of its canonical signed encoding (``tdml_node.pools.tx_hash``)."""
+    return hash_value(signed)
+
+
+def _put_tx_index(wb: plyvel.WriteBatch, block: Block) -> None:
+    height = _h(block.header.height)
+    for index, signed in enumerate(block.body.transactions):
+        wb.put(b"t" + compute_tx_hash(signed), height + index.to_bytes(4, "big"))
 
 
 class _Batch:

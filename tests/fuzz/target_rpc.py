@@ -425,8 +425,10 @@ def _ws_input(h: RpcHarness, rng: random.Random) -> RpcInput:
     if rng.random() < 0.5:
         inner = generate(h, rng, websocket=False)
         return dataclasses.replace(inner, body=inner.body.decode("utf-8", "replace").encode(), channel="ws", expect=None, message_has="")
-    method = rng.choice(["tdml_subscribe", "tdml_unsubscribe"])
-    params = rng.choice([["newBlocks"], ["0x00"], [], ["newBlocks", 1], [1], None, "newBlocks", {"a": 1}, [_deep(rng)]])
+    method = rng.choice(["tdml_subscribe", "tdml_unsubscribe", "eth_subscribe", "eth_unsubscribe"])
+    params = rng.choice(
+        [["newBlocks"], ["newHeads"], ["0x00"], [], ["newBlocks", 1], [1], None, "newBlocks", {"a": 1}, [_deep(rng)]]
+    )
     req: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "params": params}
     rid, _ = _id(rng)
     if rng.random() < 0.9:
@@ -547,7 +549,7 @@ async def check(h: RpcHarness, inp: RpcInput) -> str:
     node = h.node
     before = mempool_hashes(node)
     if inp.channel == "ws":
-        answer = await handle_text(inp.body.decode("utf-8", "replace"), set(), h.server.dispatcher)
+        answer = await handle_text(inp.body.decode("utf-8", "replace"), {}, h.server.dispatcher)
     else:
         answer = await h.server.dispatch_bytes(inp.body)
     try:

@@ -68,18 +68,18 @@ async def test_bad_input_found_by_fuzzing_gets_standard_errors() -> None:
         # Nesting deeper than the JSON parser's recursion limit (was: RecursionError out of dispatch).
         for text in ("[" * 100_000 + "]" * 100_000, '{"a":' * 50_000 + "1" + "}" * 50_000):
             assert _code(await server.dispatch_bytes(text.encode())) == PARSE_ERROR
-            assert _code(await handle_text(text, set(), server.dispatcher)) == PARSE_ERROR
+            assert _code(await handle_text(text, {}, server.dispatcher)) == PARSE_ERROR
         # Non-finite ids (was: echoed, so the answer was not JSON).
         for rid in ("NaN", "Infinity", "-Infinity", "1e400"):
             body = f'{{"jsonrpc":"2.0","id":{rid},"method":"tdml_blockNumber"}}'
             answer = await server.dispatch_bytes(body.encode())
             assert _code(answer) == INVALID_REQUEST and answer["id"] is None
             sub = f'{{"jsonrpc":"2.0","id":{rid},"method":"tdml_subscribe","params":["newBlocks"]}}'
-            assert _code(await handle_text(sub, set(), server.dispatcher)) == INVALID_REQUEST
+            assert _code(await handle_text(sub, {}, server.dispatcher)) == INVALID_REQUEST
         # Ids that are not ids, on the websocket's own methods (was: echoed back).
         for rid in ("true", "{}", "[1]"):
             sub = f'{{"jsonrpc":"2.0","id":{rid},"method":"tdml_unsubscribe","params":["0x00"]}}'
-            assert _code(await handle_text(sub, set(), server.dispatcher)) == INVALID_REQUEST
+            assert _code(await handle_text(sub, {}, server.dispatcher)) == INVALID_REQUEST
         # Block numbers past 64 bits (was: OverflowError building the store key, -32603).
         for tag in (2**64, 2**200, "0x1" + "0" * 16, "0x" + "f" * 100):
             body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tdml_getBlockByNumber", "params": [tag]})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import plyvel
 import pytest
 
 from consensus.crypto import sha256
@@ -88,3 +89,15 @@ def test_consensus_log_keeps_order_per_height_and_prunes_older_heights(tmp_path:
     store.wal_prune(8)
     assert store.wal_entries(7) == [] and store.wal_entries(8) == [b"next"]
     store.close()
+
+
+def test_an_old_store_with_an_undecodable_block_is_a_storage_error_when_indexed(tmp_path: Path) -> None:
+    # A store from before the transaction index (a tip, no index marker) is indexed at open;
+    # a block it cannot decode stops the node as any storage failure does, and leaves the database closed.
+    db = plyvel.DB(str(tmp_path / "db"), create_if_missing=True)
+    db.put(b"mtip", (1).to_bytes(8, "big") + bytes(32))
+    db.put(b"b" + (1).to_bytes(8, "big"), b"\xc1 not a block")
+    db.close()
+    with pytest.raises(StorageError, match="cannot be decoded"):
+        ChainStore(tmp_path / "db")
+    plyvel.DB(str(tmp_path / "db")).close()  # the lock was released: it opens again
