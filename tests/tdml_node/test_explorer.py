@@ -5,7 +5,8 @@ The browser tests need Debian's ``chromium`` and ``chromium-driver``
 dev extras); without them they skip and say so. The page is loaded before
 the job exists, so everything the job makes appears through the websocket
 subscription, without a reload. ``TDML_EXPLORER_SCREENSHOT=path`` saves the
-finished page there (``make explorer-test`` writes ``docs/explorer.png``).
+finished page of the four-node run there (``make explorer-test`` writes
+``docs/explorer.png``); ``TDML_EXPLORER_REQUIRED=1`` turns the skips into failures.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -34,6 +35,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 STEPS = 12
 EVAL_EVERY = 3
+BYZANTINE_STEPS = 6
 
 
 def test_package_data_ships_every_file_of_the_page() -> None:
@@ -97,9 +99,12 @@ def _browser() -> Any:
     """A headless Chromium driven by chromedriver, or a skip saying what is missing."""
     missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
     if missing:
-        pytest.skip(f"no {' or '.join(missing)} (Debian's chromium and chromium-driver); run `make explorer-test`")
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[dev]')")
-    from selenium.webdriver.chrome.service import Service
+        _unavailable(f"no {' or '.join(missing)} (Debian's chromium and chromium-driver); run `make explorer-test`")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        _unavailable("selenium is not installed (pip install -e '.[dev]')")
 
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
@@ -110,6 +115,13 @@ def _browser() -> Any:
     driver.set_page_load_timeout(60)
     driver.set_script_timeout(30)
     return driver
+
+
+def _unavailable(reason: str) -> NoReturn:
+    """Skip, but fail where the browser was asked for (``make explorer-test`` sets TDML_EXPLORER_REQUIRED)."""
+    if os.environ.get("TDML_EXPLORER_REQUIRED"):
+        pytest.fail(reason)
+    pytest.skip(reason)
 
 
 def _wait(driver: Any, what: str, predicate: Any, timeout: float = 180.0) -> Any:
@@ -186,11 +198,61 @@ def test_the_page_follows_a_job_live_in_a_real_browser(devnet: Devnet, tmp_path:
         _wait(driver, "the chain head", lambda d: _text(d, "head-height") == str(head))
         assert _rows(driver, "blocks-body")[0][0] == str(head)
 
-        errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
-        assert not errors, errors
-        shot = tmp_path / "explorer.png"
-        assert driver.save_screenshot(str(shot))
-        if os.environ.get("TDML_EXPLORER_SCREENSHOT"):
-            shutil.copyfile(shot, os.environ["TDML_EXPLORER_SCREENSHOT"])
+        _assert_no_console_errors(driver)
     finally:
         driver.quit()
+
+
+def _assert_no_console_errors(driver: Any) -> None:
+    errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    assert not errors, errors
+
+
+def _save_screenshot(driver: Any, path: Path) -> None:
+    """The whole page, not only the window: the window grows to the document's height first."""
+    height = int(driver.execute_script("return document.documentElement.scrollHeight"))
+    driver.set_window_size(1440, min(height + 120, 8000))
+    assert driver.save_screenshot(str(path))
+    if os.environ.get("TDML_EXPLORER_SCREENSHOT"):
+        shutil.copyfile(path, os.environ["TDML_EXPLORER_SCREENSHOT"])
+
+
+@pytest.mark.slow
+def test_a_cheating_trainer_shows_slashed_with_its_evidence(tmp_path: Path) -> None:
+    """Four nodes, node 1 sends zero results: the page on an honest node shows the fraud and the slashing."""
+    spec, dataset = get_job("digits-mlp", steps=BYZANTINE_STEPS)
+    spec = dataclasses.replace(spec, eval_every=EVAL_EVERY)
+    devnet = Devnet.create(tmp_path / "net", 4, byzantine={1: "zero"})
+    with running_devnet(devnet):
+        node, cheat = devnet.nodes[0], devnet.nodes[1]
+        client = node.client()
+        driver = _browser()
+        try:
+            driver.get(node.rpc_url + "/")
+            _wait(driver, "the live badge", lambda d: _text(d, "live") == "live", timeout=60)
+            _wait(driver, "three peers", lambda d: len(_rows(d, "peers-body")) == 3, timeout=60)
+            assert len(_rows(driver, "validators-body")) == 4
+            for other in devnet.nodes[1:]:
+                other.client().put_blob(dataset)
+            job_id = submit_job(client, devnet.client_key, devnet.genesis.chain_id, spec, dataset)
+            _wait(driver, "the finished job",
+                  lambda d: f"step {BYZANTINE_STEPS} of {BYZANTINE_STEPS} (done)" in _text(d, "job-progress"), timeout=200)
+            _wait(driver, f"{BYZANTINE_STEPS} points on the loss curve",
+                  lambda d: _points(d, "loss-chart", "train") == BYZANTINE_STEPS)
+
+            cheat_address = "0x" + cheat.keypair.address.hex()
+            evidence = _wait(driver, "the work-fraud evidence",
+                             lambda d: [r for r in _rows(d, "job-evidence-body") if r[1] == "work fraud (trainer)"])
+            assert {r[2] for r in evidence} == {cheat_address}
+            assert evidence == [r for r in _rows(driver, "evidence-body") if r[1] == "work fraud (trainer)"]
+            record = client.call("tdml_getTrainer", cheat_address)
+            assert record["slashed"] and record["unitsRejected"] > 0
+            _wait(driver, "the cheat's record",
+                  lambda d: any(r[0] == record["address"] and r[4] == str(record["unitsRejected"])
+                                and r[8].startswith("yes") for r in _rows(d, "trainers-body")))
+            job = client.call("tdml_getJob", job_id)
+            assert job["status"] == "done"
+            _assert_no_console_errors(driver)
+            _save_screenshot(driver, tmp_path / "explorer.png")
+        finally:
+            driver.quit()

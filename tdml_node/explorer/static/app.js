@@ -5,7 +5,7 @@
 
 import { batch, subscribeBlocks } from "./rpc.js";
 import { drawChart } from "./chart.js";
-import { el, evidenceRow, facts, fillRows, flatten, hashCell, readTransaction, row, short } from "./render.js";
+import { el, evidenceRow, facts, fillRows, flatten, hashCell, readEvidence, readTransaction, row, short } from "./render.js";
 
 const SHOWN_BLOCKS = 20;   // rows in the recent-blocks table
 const SCANNED_BLOCKS = 200; // blocks read in full at load for transactions, trainers and evidence
@@ -21,7 +21,16 @@ const state = {
   jobs: [],
   selected: null,         // job id
   history: new Map(),     // job id -> step outcomes, oldest first
+  addresses: new Map(),   // public key -> address (tdml_getTrainer answers it; it never changes)
 };
+
+const addressOf = (key) => state.addresses.get(key);
+
+async function resolveAddresses(keys) {
+  const unknown = [...new Set(keys)].filter((k) => k && !state.addresses.has(k));
+  const records = await batch(unknown.map((k) => ["tdml_getTrainer", k]));
+  unknown.forEach((k, i) => state.addresses.set(k, records[i].address));
+}
 
 function showError(err) {
   const box = $("error");
@@ -31,14 +40,19 @@ function showError(err) {
 
 // ------------------------------------------------------------ blocks
 
+function noteTrainer(submission) {
+  if (!state.trainers.has(submission.job)) state.trainers.set(submission.job, new Set());
+  state.trainers.get(submission.job).add(submission.trainer);
+}
+
 function ingest(block) {
   state.blocks.set(block.number, block);
-  for (const s of block.body.submissions) {
-    const job = s.submission.job;
-    if (!state.trainers.has(job)) state.trainers.set(job, new Set());
-    state.trainers.get(job).add(s.submission.trainer);
+  for (const s of block.body.submissions) noteTrainer(s.submission);
+  for (const ev of block.body.evidence) {
+    // A rejected unit is in no block's submissions, only in the evidence against it.
+    if (ev.submission) noteTrainer(ev.submission.submission);
+    state.evidence.push({ height: block.number, ev });
   }
-  for (const ev of block.body.evidence) state.evidence.push({ height: block.number, ev });
 }
 
 async function loadBlocks(head) {
@@ -62,7 +76,7 @@ function renderBlocks() {
     const b = state.blocks.get(h);
     return row(String(h), hashCell(b.hash), String(b.header.round), hashCell(b.header.proposer),
       String(b.body.transactions.length), String(b.body.submissions.length), String(b.body.verdicts.length),
-      String(b.body.evidence.length), b.body.outcomes.map((o) => o.step).join(", "));
+      String(b.body.evidence.length), b.body.outcomes.map((o) => o.step + 1).join(", "));
   }), "no blocks yet");
   const txs = heights.flatMap((h) => {
     const b = state.blocks.get(h);
@@ -72,7 +86,7 @@ function renderBlocks() {
     });
   });
   fillRows($("txs-body"), txs.slice(0, 50), `no transactions in the last ${SCANNED_BLOCKS} blocks`);
-  fillRows($("evidence-body"), state.evidence.slice().reverse().map((e) => evidenceRow(e.height, e.ev)),
+  fillRows($("evidence-body"), state.evidence.slice().reverse().map((e) => evidenceRow(e.height, e.ev, addressOf)),
     `no evidence in the last ${SCANNED_BLOCKS} blocks`);
 }
 
@@ -118,6 +132,7 @@ async function loadJob(id) {
   state.history.set(id, history ?? []);
   const keys = new Set([...(state.trainers.get(id) ?? []), ...job.assignment]);
   const records = await batch([...keys].map((k) => ["tdml_getTrainer", k]));
+  [...keys].forEach((k, i) => state.addresses.set(k, records[i].address));
   const byAddress = new Map(records.map((r) => [r.address, r]));
   if (state.selected !== id) return; // another job was picked meanwhile
   $("job").hidden = false;
@@ -141,7 +156,7 @@ async function loadJob(id) {
     String(t.falseVerdicts), t.slashed ? `yes (${t.timesSlashed}×)` : `no (${t.timesSlashed}×)`, String(t.rewards))),
   "no trainer has worked on this job in the scanned blocks");
   const mine = state.evidence.filter((e) => e.ev.submission?.submission.job === id);
-  fillRows($("job-evidence-body"), mine.slice().reverse().map((e) => evidenceRow(e.height, e.ev)),
+  fillRows($("job-evidence-body"), mine.slice().reverse().map((e) => evidenceRow(e.height, e.ev, addressOf)),
     `no slashing for this job in the last ${SCANNED_BLOCKS} blocks`);
 }
 
@@ -158,6 +173,7 @@ async function refresh() {
   state.selected = jobs.some((j) => j.id === wanted) ? wanted : (jobs.at(-1)?.id ?? null);
   renderJobs();
   await loadBlocks(head);
+  await resolveAddresses(state.evidence.map((e) => readEvidence(e.ev).offender));
   renderBlocks();
   if (state.selected) await loadJob(state.selected);
 }

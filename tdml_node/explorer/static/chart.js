@@ -42,7 +42,8 @@ export function drawChart(svg, series, options = {}) {
     svg.append(node("line", { x1: LEFT, y1: sy(y), x2: W - RIGHT, y2: sy(y), class: "grid" }));
     svg.append(node("text", { x: LEFT - 6, y: sy(y) + 4, "text-anchor": "end" }, label(y)));
   }
-  for (const x of ticks(x0, x1, Math.min(6, x1 - x0 + 1))) {
+  // Steps are whole numbers: the x ticks are too, without repeats.
+  for (const x of new Set(ticks(x0, x1, Math.min(6, x1 - x0 + 1)).map(Math.round))) {
     svg.append(node("text", { x: sx(x), y: H - BOTTOM + 16, "text-anchor": "middle" }, label(x)));
   }
   for (const s of series) {

@@ -35,14 +35,16 @@ export function facts(dl, pairs) {
   dl.replaceChildren(...pairs.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v instanceof Node ? v : String(v ?? "—"))]));
 }
 
+const LIST_SHOWN = 6; // a longer list (a preprocessing's per-feature means) shows its length and first items
+
 // A protocol value as "path: value" pairs, skipping the "type" tags; named
 // arguments ({name, value}) read as name=value.
 export function flatten(value, prefix = "") {
   if (Array.isArray(value)) {
-    if (value.every((v) => v && typeof v === "object" && "name" in v && "value" in v)) {
-      return [[prefix, value.map((v) => `${v.name}=${v.value}`).join(", ") || "—"]];
-    }
-    return [[prefix, value.map((v) => (typeof v === "object" ? JSON.stringify(v) : String(v))).join(", ") || "—"]];
+    const named = value.every((v) => v && typeof v === "object" && "name" in v && "value" in v);
+    const items = value.map((v) => (named ? `${v.name}=${v.value}` : typeof v === "object" ? JSON.stringify(v) : String(v)));
+    if (items.length > LIST_SHOWN) return [[prefix, `${items.length} values: ${items.slice(0, LIST_SHOWN).join(", ")}, …`]];
+    return [[prefix, items.join(", ") || "—"]];
   }
   if (value && typeof value === "object") {
     return Object.entries(value).filter(([k]) => k !== "type").flatMap(([k, v]) => flatten(v, prefix ? `${prefix}.${k}` : k));
@@ -66,10 +68,11 @@ export function readEvidence(ev) {
   return { kind, offender, job: sub.job, unit: `${sub.step} / ${sub.shard}`, failure };
 }
 
-export function evidenceRow(height, ev) {
+// addressOf(public key) -> the offender's address where known, so it reads as in the trainers table.
+export function evidenceRow(height, ev, addressOf) {
   const r = readEvidence(ev);
   const details = el("details", {}, el("summary", {}, "show"), el("pre", {}, JSON.stringify(ev, null, 1)));
-  return row(String(height), r.kind, hashCell(r.offender), r.unit, r.failure, details);
+  return row(String(height), r.kind, hashCell(addressOf(r.offender) ?? r.offender), r.unit, r.failure, details);
 }
 
 // A transaction's kind and a one-line reading of what it does.
