@@ -3,7 +3,7 @@
 // subscription (no polling). Refreshes are coalesced: a block that arrives
 // while one is in flight schedules exactly one more.
 
-import { batch, subscribeBlocks } from "./rpc.js";
+import { batch, call, subscribeBlocks } from "./rpc.js";
 import { drawChart } from "./chart.js";
 import { el, evidenceRow, facts, fillRows, flatten, hashCell, readEvidence, readTransaction, row, short } from "./render.js";
 
@@ -126,10 +126,21 @@ function renderCharts(outcomes) {
   drawChart($("accuracy-chart"), [{ name: "accuracy", points: accuracy }], { yMin: 0, yMax: 1 });
 }
 
+// The job's step outcomes, asking only for the steps completed since the last call.
+async function loadHistory(id, completed) {
+  const cached = state.history.get(id) ?? [];
+  const next = cached.length ? cached.at(-1).step + 1 : 0;
+  if (completed > next) {
+    const fresh = (await call("tdml_getJobHistory", id, Math.min(completed - next, HISTORY_LIMIT))) ?? [];
+    state.history.set(id, cached.concat(fresh.filter((o) => o.step >= next)).slice(-HISTORY_LIMIT));
+  }
+  return state.history.get(id) ?? [];
+}
+
 async function loadJob(id) {
-  const [job, history] = await batch([["tdml_getJob", id], ["tdml_getJobHistory", id, HISTORY_LIMIT]]);
+  const job = await call("tdml_getJob", id);
   if (!job) return;
-  state.history.set(id, history ?? []);
+  const history = await loadHistory(id, job.step);
   const keys = new Set([...(state.trainers.get(id) ?? []), ...job.assignment]);
   const records = await batch([...keys].map((k) => ["tdml_getTrainer", k]));
   [...keys].forEach((k, i) => state.addresses.set(k, records[i].address));
@@ -150,7 +161,7 @@ async function loadJob(id) {
     ["model root", short(job.modelRoot)],
   ]);
   facts($("job-spec"), flatten(job.spec));
-  renderCharts(state.history.get(id));
+  renderCharts(history);
   fillRows($("trainers-body"), [...byAddress.values()].map((t) => row(hashCell(t.address), t.roles.join(", "), String(t.unitsDone),
     String(t.unitsVerified), String(t.unitsRejected), String(t.unitsReassigned), String(t.verdictsSigned),
     String(t.falseVerdicts), t.slashed ? `yes (${t.timesSlashed}×)` : `no (${t.timesSlashed}×)`, String(t.rewards))),
@@ -170,7 +181,8 @@ async function refresh() {
   renderOverview(info, syncing, validators, peers);
   state.jobs = jobs;
   const wanted = new URLSearchParams(location.hash.slice(1)).get("job");
-  state.selected = jobs.some((j) => j.id === wanted) ? wanted : (jobs.at(-1)?.id ?? null);
+  const active = jobs.find((j) => j.status === "active") ?? jobs[0];
+  state.selected = jobs.some((j) => j.id === wanted) ? wanted : (active?.id ?? null);
   renderJobs();
   await loadBlocks(head);
   await resolveAddresses(state.evidence.map((e) => readEvidence(e.ev).offender));
