@@ -197,8 +197,18 @@ def test_the_page_follows_a_job_live_in_a_real_browser(devnet: Devnet, tmp_path:
         head = client.call("tdml_blockNumber")
         _wait(driver, "the chain head", lambda d: _text(d, "head-height") == str(head))
         assert _rows(driver, "blocks-body")[0][0] == str(head)
-
         _assert_no_console_errors(driver)
+
+        # The node restarts on the same port: the page reconnects by itself and follows a second job.
+        devnet.stop(node)
+        _wait(driver, "the dropped connection", lambda d: _text(d, "live") == "reconnecting", timeout=60)
+        devnet.start(node)
+        devnet.wait_ready(nodes=[node])
+        _wait(driver, "the live badge again", lambda d: _text(d, "live") == "live", timeout=60)
+        second = submit_job(node.client(), devnet.client_key, devnet.genesis.chain_id, dataclasses.replace(spec, steps=2), dataset)
+        _wait(driver, "the second job", lambda d: second in [r[1] for r in _rows(d, "jobs-body")], timeout=120)
+        _wait(driver, "the head after the restart", lambda d: int(_text(d, "head-height")) > head, timeout=120)
+        assert driver.execute_script("return window.__notReloaded === true"), "the page reloaded"
     finally:
         driver.quit()
 

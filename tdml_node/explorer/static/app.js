@@ -130,9 +130,16 @@ function renderCharts(outcomes) {
 async function loadHistory(id, completed) {
   const cached = state.history.get(id) ?? [];
   const next = cached.length ? cached.at(-1).step + 1 : 0;
-  if (completed > next) {
-    const fresh = (await call("tdml_getJobHistory", id, Math.min(completed - next, HISTORY_LIMIT))) ?? [];
-    state.history.set(id, cached.concat(fresh.filter((o) => o.step >= next)).slice(-HISTORY_LIMIT));
+  let want = completed - next;
+  for (let tries = 0; want > 0; tries++) {
+    const fresh = ((await call("tdml_getJobHistory", id, Math.min(want, HISTORY_LIMIT))) ?? []).filter((o) => o.step >= next);
+    // The chain may have completed more steps since tdml_getJob: then the latest
+    // `want` start past `next`, and asking again for more closes the gap.
+    if (fresh.length === 0 || fresh[0].step === next || want >= HISTORY_LIMIT || tries === 4) {
+      state.history.set(id, cached.concat(fresh).slice(-HISTORY_LIMIT));
+      break;
+    }
+    want = fresh.at(-1).step + 1 - next;
   }
   return state.history.get(id) ?? [];
 }
