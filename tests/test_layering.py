@@ -45,9 +45,12 @@ ALLOWED: dict[str, set[str]] = {
         "consensus", "p2p", "tdml_node.runtime", "tdml_node.duties", "tdml_node.pools", "tdml_node.storage",
         "tdml_node.work", "tdml_node.config", "tdml_node.metrics",
     },
+    # The explorer page is static files; the RPC server serves them.
+    "tdml_node.explorer": set(),
     # p2p for its connection guard, the socket-level limits both servers share.
     "tdml_node.rpc": {
         "consensus", "p2p", "tdml_node", "tdml_node.runtime", "tdml_node.pools", "tdml_node.storage", "tdml_node.jsonview",
+        "tdml_node.explorer",
     },
     "tdml_node.devtools": {"consensus", "tdml_node.runtime", "tdml_node.work"},
     "tdml_node.app": {

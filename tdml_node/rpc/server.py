@@ -24,6 +24,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from consensus.types import Hash32
 from p2p.guard import ConnectionGuard, GuardLimits
+from tdml_node.explorer import HEADERS, get_asset
 from tdml_node.jsonview import hex0x
 from tdml_node.rpc.body import BodyRefused, read_body
 from tdml_node.rpc.dispatch import Dispatcher, error
@@ -98,6 +99,8 @@ class RpcServer:
         app.router.add_get("/blob/{digest}", self.handle_get_blob)
         app.router.add_post("/blob", self.handle_put_blob)
         app.router.add_get("/ws", self.handle_ws)
+        app.router.add_get("/", self.handle_explorer)
+        app.router.add_get("/explorer/{name}", self.handle_explorer)
         return app
 
     async def start(self) -> int:
@@ -183,6 +186,12 @@ class RpcServer:
 
     async def handle_ws(self, request: web.Request) -> web.WebSocketResponse:
         return await serve_websocket(request, self.node, self.dispatcher, self.ws_limits)
+
+    async def handle_explorer(self, request: web.Request) -> web.Response:
+        asset = get_asset(request.match_info.get("name", "index.html"))
+        if asset is None:
+            return web.Response(status=404, text="no such file")
+        return web.Response(body=asset.body, content_type=asset.content_type, charset="utf-8", headers=HEADERS)
 
     def _storage_failed(self, exc: StorageError) -> None:
         """A write failed (full disk, permissions): the node stops rather than go on half-written."""
