@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import os
 import random
+import socket
 import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -51,9 +52,22 @@ class Target:
 Attack = Callable[[list[Target], asyncio.Event, AttackStats, random.Random], Awaitable[None]]
 
 
-async def _open(port: int, rng: random.Random) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    return await asyncio.wait_for(
-        asyncio.open_connection(HOST, port, local_addr=(rng.choice(SOURCES), 0)), timeout=5)
+async def _open(port: int, rng: random.Random, *, rcvbuf: int | None = None) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection from one of the stranger sources; ``rcvbuf`` shrinks the receive side (a reader that
+    never reads then holds little in its own kernel, so what piles up is the node's to bound)."""
+    if rcvbuf is None:
+        return await asyncio.wait_for(
+            asyncio.open_connection(HOST, port, local_addr=(rng.choice(SOURCES), 0)), timeout=5)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.bind((rng.choice(SOURCES), 0))
+        sock.setblocking(False)
+        await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (HOST, port)), timeout=5)
+        return await asyncio.open_connection(sock=sock, limit=rcvbuf)
+    except BaseException:
+        sock.close()
+        raise
 
 
 async def _close(writer: asyncio.StreamWriter) -> None:
@@ -230,8 +244,9 @@ def _ws_frame(payload_length: int, opcode: int = 0x2) -> bytes:
     return head + os.urandom(4)
 
 
-async def _ws_upgrade(port: int, path: str, rng: random.Random) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    reader, writer = await _open(port, rng)
+async def _ws_upgrade(port: int, path: str, rng: random.Random, *, rcvbuf: int | None = None,
+                      ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await _open(port, rng, rcvbuf=rcvbuf)
     writer.write(
         f"GET {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
@@ -295,11 +310,15 @@ async def silent_websockets(targets: list[Target], stop: asyncio.Event, stats: A
 
 async def non_reading_subscribers(targets: list[Target], stop: asyncio.Event, stats: AttackStats,
                                   rng: random.Random, *, per_round: int = 8, hold_limit: float = 300.0) -> None:
-    """RPC websockets that subscribe to new blocks, then never read; see how long the node keeps them."""
+    """RPC websockets that subscribe to new blocks, then never read; see how long the node keeps them.
+
+    Their receive buffers are small, so the notifications pile up on the node's side, where the
+    documented bound (its send buffer and outbox) must cut them.
+    """
     async def one(port: int) -> float:
         stats.attempts += 1
         try:
-            _reader, writer = await _ws_upgrade(port, "/ws", rng)
+            _reader, writer = await _ws_upgrade(port, "/ws", rng, rcvbuf=4096)
         except (OSError, TimeoutError, ConnectionError):
             stats.refused += 1
             return 0.0
@@ -315,7 +334,7 @@ async def non_reading_subscribers(targets: list[Target], stop: asyncio.Event, st
             while loop.time() - start < hold_limit and not stop.is_set():
                 await asyncio.sleep(1.0)
                 writer.write(_ws_frame(0, opcode=0x9))
-                await asyncio.wait_for(writer.drain(), timeout=5)
+                await asyncio.wait_for(writer.drain(), timeout=30)  # past the node's send deadline, so its cut comes first
                 if writer.transport.is_closing():
                     break
         except (ConnectionError, OSError, TimeoutError):
@@ -328,6 +347,8 @@ async def non_reading_subscribers(targets: list[Target], stop: asyncio.Event, st
         target = rng.choice(targets)
         held = await asyncio.gather(*(one(target.rpc_port) for _ in range(per_round)))
         stats.held_seconds_max = max([stats.held_seconds_max, *held])
+        if not stop.is_set():
+            stats.refused += sum(1 for h in held if 0 < h < hold_limit - 1)  # cut by the node
 
 
 async def connection_floods(targets: list[Target], stop: asyncio.Event, stats: AttackStats, rng: random.Random,
