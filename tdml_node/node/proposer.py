@@ -56,6 +56,7 @@ from tdml_node.pools import Evidence, Mempool, WorkPool, open_unit_keys, select_
 from tdml_node.runtime.runner import WorkRunner
 from tdml_node.runtime.views import ChainView
 from tdml_node.runtime.wakeup import Wakeup
+from tdml_node.runtime.wallclock import WallClock
 from tdml_node.runtime.workqueue import PRIORITY_CONSENSUS
 from tdml_node.storage import ChainStore
 
@@ -90,6 +91,7 @@ class Proposer:
         executor: WorkOracle,
         timings: ProposerTimings,
         wakeup: Wakeup,
+        clock: WallClock,
     ) -> None:
         self.keypair = keypair
         self.chain = chain
@@ -101,6 +103,7 @@ class Proposer:
         self.executor = executor
         self.timings = timings
         self.wakeup = wakeup
+        self.clock = clock
 
     async def build(
         self, height: Height, round_: Round, still_wanted: Callable[[], bool]
@@ -121,11 +124,13 @@ class Proposer:
         candidates = self.mempool.items()
         units = [u for u in self.workpool.includable(state, self.chain.validators()) if await self._blobs_ready(u[0])]
         evidence = self.workpool.pending_evidence(state)
+        # Read on the loop, not the work thread: a simulation's clock is the loop's.
+        time_ms = max(self.clock(), state.tip_time_ms + 1)
         built: tuple[Block, BlockResult] | None = None
         for attempt in range(3):
             try:
                 built = await self.runner.run(
-                    PRIORITY_CONSENSUS, self.make_block, state, height, round_, candidates, units, evidence
+                    PRIORITY_CONSENSUS, self.make_block, state, height, round_, time_ms, candidates, units, evidence
                 )
                 break
             except WorkUnavailable as exc:
@@ -168,11 +173,16 @@ class Proposer:
         state: LedgerState,
         height: Height,
         round_: Round,
+        time_ms: int,
         candidates: Sequence[SignedTransaction],
         units: Sequence[Unit],
         evidence: tuple[Evidence, ...],
     ) -> tuple[Block, BlockResult]:
-        """Build (on the work queue) the block to propose, dropping parts that do not apply."""
+        """Build (on the work queue) the block to propose, dropping parts that do not apply.
+
+        ``time_ms`` is the block's time: our clock, or just past the parent's
+        when our clock is behind it (the transition wants it to increase).
+        """
         ctx = BlockContext(state.chain_id, height, state.tip_hash, self.keypair.public_key)
         last_commit = self.store.get_commit(height - 1) if height > 1 else None
         txs = select_transactions(state, ctx, candidates, self.executor)
@@ -205,7 +215,8 @@ class Proposer:
                 proposer=self.keypair.public_key,
                 body_hash=compute_body_hash(body),
                 state_root=result.state.root,
+                time_ms=time_ms,
             )
-            final = dataclasses.replace(result.state, tip_hash=compute_block_hash(header))
+            final = dataclasses.replace(result.state, tip_hash=compute_block_hash(header), tip_time_ms=time_ms)
             return Block(header, body), BlockResult(final, result.completed)
         raise InvariantViolation("cannot build even an empty block")

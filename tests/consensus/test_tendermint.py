@@ -75,6 +75,7 @@ def make_block(height: int, round_: int, proposer: PublicKey, salt: bytes = b"")
         proposer=proposer,
         body_hash=compute_body_hash(EMPTY),
         state_root=crypto.sha256(b"root/" + salt),
+        time_ms=1000 * height,
     )
     return Block(header, EMPTY)
 

@@ -58,6 +58,12 @@ T = TypeVar("T")
 
 FAMILIES = ("calm", "lossy", "partition", "crash", "byzantine", "chaos", "work", "work_byzantine")
 SIM_CHAIN = "tdml-sim"
+SIM_EPOCH_MS = 1_700_000_000_000
+"""The wall clock nodes read (block times, timeliness) is this plus the simulated time: replayable by seed."""
+
+
+def sim_wall_ms() -> int:
+    return SIM_EPOCH_MS + int(asyncio.get_running_loop().time() * 1000)
 BYZANTINE = ("equivocate", "approve-invalid")
 BYZANTINE_TRAINERS = ("zero", "random", "copy", "replay-old", "stale-parent", "accuse", "lazy", "withhold")
 
@@ -241,7 +247,7 @@ class Simulation:
         node = await stack.enter_async_context(
             open_node(
                 config, sim.keypair, self.genesis, store=sim.store, network=sim.link, seams=sim.seams,
-                worker=InlineWorker(), offload=inline,
+                worker=InlineWorker(), offload=inline, wall_clock=sim_wall_ms,
             )
         )
         node.add_block_listener(lambda committed, s=sim: self._on_commit(s, committed.block))
