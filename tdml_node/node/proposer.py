@@ -124,13 +124,11 @@ class Proposer:
         candidates = self.mempool.items()
         units = [u for u in self.workpool.includable(state, self.chain.validators()) if await self._blobs_ready(u[0])]
         evidence = self.workpool.pending_evidence(state)
-        # Read on the loop, not the work thread: a simulation's clock is the loop's.
-        time_ms = max(self.clock(), state.tip_time_ms + 1)
         built: tuple[Block, BlockResult] | None = None
         for attempt in range(3):
             try:
                 built = await self.runner.run(
-                    PRIORITY_CONSENSUS, self.make_block, state, height, round_, time_ms, candidates, units, evidence
+                    PRIORITY_CONSENSUS, self.make_block, state, height, round_, candidates, units, evidence
                 )
                 break
             except WorkUnavailable as exc:
@@ -173,15 +171,17 @@ class Proposer:
         state: LedgerState,
         height: Height,
         round_: Round,
-        time_ms: int,
         candidates: Sequence[SignedTransaction],
         units: Sequence[Unit],
         evidence: tuple[Evidence, ...],
     ) -> tuple[Block, BlockResult]:
         """Build (on the work queue) the block to propose, dropping parts that do not apply.
 
-        ``time_ms`` is the block's time: our clock, or just past the parent's
-        when our clock is behind it (the transition wants it to increase).
+        The block's time is read once the body is executed (aggregation can
+        take a while, and validators judge the time on arrival): our clock, or
+        just past the parent's when our clock is behind it (the transition
+        wants it to increase). The time is in no state, so the body and the
+        root do not depend on it.
         """
         ctx = BlockContext(state.chain_id, height, state.tip_hash, self.keypair.public_key)
         last_commit = self.store.get_commit(height - 1) if height > 1 else None
@@ -207,6 +207,7 @@ class Proposer:
                 log.warning("dropping part of a block proposal: %s", exc)
                 continue
             body = dataclasses.replace(body, outcomes=result.completed)
+            time_ms = max(self.clock(), state.tip_time_ms + 1)
             header = BlockHeader(
                 chain_id=state.chain_id,
                 height=height,
