@@ -147,6 +147,7 @@ def build_block(keys: list[crypto.Keypair]) -> Block:
         proposer=keys[0].public_key,
         body_hash=compute_body_hash(body),
         state_root=_h(b"state"),
+        time_ms=1_700_000_000_000 + 1000 * height,
     )
     return Block(header, body)
 

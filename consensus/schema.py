@@ -171,6 +171,7 @@ FIELD_NOTES: dict[str, str] = {
     "BlockHeader.proposer": "the proposer of (height, round) (§10)",
     "BlockHeader.body_hash": "H(body)",
     "BlockHeader.state_root": "H(StateSnapshot) after the block",
+    "BlockHeader.time_ms": "the proposer's time, ms since the Unix epoch; above the parent's (decision 26)",
     "BlockBody.transactions": "applied first, in order",
     "BlockBody.submissions": "work units accepted by this block",
     "BlockBody.verdicts": "passing verdicts for those submissions",

@@ -10,7 +10,8 @@ block a draft is being changed for.
 A state's root is the hash of its canonical snapshot (``StateSnapshot``);
 ``tip_hash``, the hash of the last applied block, is kept beside the state
 and is not part of the root (the block's header holds the root, so the root
-cannot hold the block's hash).
+cannot hold the block's hash). So is ``tip_time_ms``, the last block's time,
+which the next block's time must exceed: no clock reading enters the root.
 
 This module must never validate blocks or transactions: it only stores,
 reads and derives.
@@ -92,6 +93,7 @@ class LedgerState:
     records: Mapping[Address, WorkRecord] = field(default_factory=dict)
     jobs: Mapping[Hash32, JobState] = field(default_factory=dict)
     last_validators: tuple[ValidatorEntry, ...] = ()
+    tip_time_ms: int = 0  # the last block's header time; 0 at genesis
 
     def __post_init__(self) -> None:
         # Read-only views of private copies, so that a caller that keeps the
@@ -135,7 +137,7 @@ class LedgerState:
         return crypto.sha256(self.encode())
 
     @classmethod
-    def from_snapshot(cls, snap: StateSnapshot, tip_hash: Hash32) -> LedgerState:
+    def from_snapshot(cls, snap: StateSnapshot, tip_hash: Hash32, tip_time_ms: int = 0) -> LedgerState:
         return cls(
             chain_id=snap.chain_id,
             height=snap.height,
@@ -145,11 +147,12 @@ class LedgerState:
             records={e.address: e.record for e in snap.accounts if e.record != EMPTY_RECORD},
             jobs={j.job_id: j for j in snap.jobs},
             last_validators=snap.last_validators,
+            tip_time_ms=tip_time_ms,
         )
 
     @classmethod
-    def decode(cls, data: bytes, tip_hash: Hash32) -> LedgerState:
-        return cls.from_snapshot(decode_as(data, StateSnapshot), tip_hash)
+    def decode(cls, data: bytes, tip_hash: Hash32, tip_time_ms: int = 0) -> LedgerState:
+        return cls.from_snapshot(decode_as(data, StateSnapshot), tip_hash, tip_time_ms)
 
 
 class LedgerDraft:
@@ -169,6 +172,7 @@ class LedgerDraft:
         self.records: dict[Address, WorkRecord] = dict(base.records)
         self.jobs: dict[Hash32, JobState] = dict(base.jobs)
         self.last_validators = base.last_validators
+        self.tip_time_ms = base.tip_time_ms
 
     def get_account(self, address: Address) -> Account:
         return self.accounts.get(address, EMPTY_ACCOUNT)
@@ -199,6 +203,7 @@ class LedgerDraft:
             records=records,
             jobs=jobs,
             last_validators=self.last_validators if last_validators is None else last_validators,
+            tip_time_ms=self.tip_time_ms,
         )
 
 

@@ -158,7 +158,7 @@ def apply_block(state: LedgerState, block: Block, work: WorkOracle | None) -> Bl
         raise InvalidBlock(f"the block overflows a bounded field: {exc}") from exc
     if root != header.state_root:
         raise InvalidBlock("state root does not match the result of executing the block")
-    final = dataclasses.replace(result.state, tip_hash=compute_block_hash(header))
+    final = dataclasses.replace(result.state, tip_hash=compute_block_hash(header), tip_time_ms=header.time_ms)
     return BlockResult(final, result.completed)
 
 
@@ -169,6 +169,10 @@ def validate_header(state: LedgerState, header: BlockHeader, validators: Validat
         raise InvalidBlock(f"height {header.height} does not follow {state.height}", FaultKind.STALE)
     if header.parent_hash != state.tip_hash:
         raise InvalidBlock("parent hash is not the hash of the last block")
+    # Only monotonicity is a rule of the chain; whether the time is close to
+    # now is each validator's own, clock-dependent, judgement (decision 26).
+    if header.time_ms <= state.tip_time_ms:
+        raise InvalidBlock(f"block time {header.time_ms} does not follow the parent's {state.tip_time_ms}")
     if not validators.entries:
         raise InvalidBlock("no validators")
     expected = validators.get_proposer(state.chain_id, header.height, header.round)

@@ -421,8 +421,11 @@ class CommitCertificate:
 class BlockHeader:
     """The hashed summary of a block. ``state_root`` is the ledger state after it.
 
-    There is no wall-clock time in consensus data: the chain's clock is its
-    height, so the same inputs always give the same hashes.
+    ``time_ms`` is the proposer's wall clock when it built the block
+    (proposer-based timestamps, decision 26): the transition only checks that
+    it increases, validators check it is timely before prevoting a fresh
+    proposal. It never enters the ledger state nor any rule of training, which
+    count in heights.
     """
 
     chain_id: Annotated[str, MaxLen(64)]
@@ -432,6 +435,7 @@ class BlockHeader:
     proposer: PublicKey
     body_hash: Hash32
     state_root: Hash32
+    time_ms: Annotated[int, IntRange(0, 2**64 - 1)]
 
 
 @message(41)

@@ -60,6 +60,14 @@ class NodeConfig:
     timeout_prevote_delta_ms: int = 500
     timeout_precommit_ms: int = 1000
     timeout_precommit_delta_ms: int = 500
+    timely_precision_ms: int = 500
+    """How far validators' clocks may differ (PBTS's PRECISION): a fresh proposal whose block time is
+    more than this ahead of our clock on arrival is untimely and prevoted nil. Loose enough for NTP-kept
+    clocks (CometBFT uses 505 ms); tightening it only costs rounds, never safety."""
+    timely_message_delay_ms: int = 2000
+    """How long a proposal may travel (PBTS's MSGDELAY): one older than this plus the precision on arrival
+    is untimely. Shorter than CometBFT's 15 s because our blocks are small and proposals carry no parts;
+    it must stay above the real delay, or honest proposals lose their rounds (decision 26)."""
     train_threads: int = 0
     """Threads this node trains with on jobs that tolerate other profiles (0: the job's own)."""
     retain_steps: int = 8
@@ -170,6 +178,8 @@ COMMENTS: dict[str, str] = {
     "block_interval_ms": "A proposer with nothing to include proposes an empty block after this long.",
     "partial_wait_ms": "A proposer waits this long for other trainers' units before including the ones it has.",
     "timeout_propose_ms": "Tendermint timeouts: propose, prevote and precommit, and their growth per round.",
+    "timely_precision_ms": "Proposer-based timestamps: how far clocks may differ, and how long a proposal\n"
+    "may travel; a fresh proposal whose block time falls outside is prevoted nil (decision 26).",
     "train_threads": "Threads for jobs that tolerate other execution profiles (0: the job's own).",
     "retain_steps": "Work blobs and model states older than this many steps of their job are deleted.",
     "max_peers": "Peer connections kept.",

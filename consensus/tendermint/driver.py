@@ -103,6 +103,7 @@ class Snapshot:
     proposals: tuple[SignedProposal, ...]  # by round
     votes: tuple[SignedVote, ...]  # by round, prevotes first, in arrival order
     validity: tuple[tuple[Hash32, bool], ...]
+    untimely: frozenset[int]  # rounds whose proposal came untimely
     validation_requested: frozenset[Hash32]
     thresholds: frozenset[Threshold]  # reached in the height
     pending: frozenset[Threshold]  # reached, not yet taken by the round machine
@@ -119,6 +120,7 @@ class _HeightBook:
     proposals: dict[int, SignedProposal] = field(default_factory=dict)  # the first per round counts
     proposal_ids: dict[int, Hash32] = field(default_factory=dict)  # their block hashes
     validity: dict[Hash32, bool] = field(default_factory=dict)
+    untimely: set[int] = field(default_factory=set)  # rounds whose fresh proposal failed timeliness
     validation_requested: set[Hash32] = field(default_factory=set)
     pending: set[Threshold] = field(default_factory=set)
     proposed_round: int = -1  # the last round we proposed in
@@ -193,6 +195,7 @@ class TendermintCore:
             proposals=tuple(book.proposals[r] for r in sorted(book.proposals)),
             votes=book.keeper.get_votes(),
             validity=tuple(sorted(book.validity.items())),
+            untimely=frozenset(book.untimely),
             validation_requested=frozenset(book.validation_requested),
             thresholds=book.keeper.get_reached(),
             pending=frozenset(book.pending),
@@ -211,8 +214,8 @@ class TendermintCore:
                 if _height_of(event) == self._state.height + 1:
                     self._buffer(event)
                 return out
-            case ProposalReceived(signed=signed):
-                self._on_proposal(signed, out)
+            case ProposalReceived(signed=signed, timely=timely):
+                self._on_proposal(signed, timely, out)
             case VoteReceived(signed=signed):
                 self._on_vote(signed, out)
             case ValueReady():
@@ -248,11 +251,11 @@ class TendermintCore:
         for e in buffered:
             out.extend(self.apply(e))
 
-    def _on_proposal(self, signed: SignedProposal, out: list[Action]) -> None:
+    def _on_proposal(self, signed: SignedProposal, timely: bool, out: list[Action]) -> None:
         p = signed.proposal
         if p.height != self._state.height:
             if p.height == self._state.height + 1:
-                self._buffer(ProposalReceived(signed))
+                self._buffer(ProposalReceived(signed, timely))
             return
         if self._state.decision is not None or p.round > self._state.round + MAX_ROUND_AHEAD:
             return
@@ -266,6 +269,8 @@ class TendermintCore:
         block_hash = compute_block_hash(p.block.header)
         book.proposals[p.round] = signed
         book.proposal_ids[p.round] = block_hash
+        if not timely:
+            book.untimely.add(p.round)
         self._note(book.keeper.apply_proposal(p.round, p.proposer, block_hash))
         if block_hash not in book.validity and block_hash not in book.validation_requested:
             book.validation_requested.add(block_hash)
@@ -354,8 +359,9 @@ class TendermintCore:
             valid = book.validity.get(vid)
             vr = signed.proposal.valid_round
             if valid is not None:
-                if vr == -1:  # L22
-                    yield (machine.Proposal(r, v, vid) if valid else machine.InvalidProposal(r)), None
+                if vr == -1:  # L22, with PBTS's timely(v): an untimely fresh value gets a nil prevote
+                    fresh_ok = valid and r not in book.untimely
+                    yield (machine.Proposal(r, v, vid) if fresh_ok else machine.InvalidProposal(r)), None
                 elif 0 <= vr < r and book.keeper.is_reached(PolkaValue(Round(vr), vid)):  # L28
                     previous: machine.Input = (
                         machine.ProposalAndPolkaPrevious(r, v, vid, vr)

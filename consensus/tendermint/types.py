@@ -71,9 +71,16 @@ class StartHeight:
 
 @dataclass(frozen=True, slots=True)
 class ProposalReceived:
-    """A signed proposal from a peer, or our own fed back after it was signed."""
+    """A signed proposal from a peer, or our own fed back after it was signed.
+
+    ``timely`` is the shell's verdict on the block's time when the proposal
+    arrived (proposer-based timestamps): an untimely fresh proposal is
+    prevoted nil, though its block stays valid for re-proposals and decisions.
+    The core never reads a clock.
+    """
 
     signed: SignedProposal
+    timely: bool = True
 
 
 @dataclass(frozen=True, slots=True)

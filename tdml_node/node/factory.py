@@ -33,6 +33,7 @@ from tdml_node.node.privval import PrivValidator
 from tdml_node.node.proposal_hold import ProposalHold
 from tdml_node.node.proposer import Proposer, ProposerTimings
 from tdml_node.node.sync import Syncer
+from tdml_node.node.timeliness import Synchrony, TimelinessCheck
 from tdml_node.node.validator import ProposalChecker
 from tdml_node.node.wal import ConsensusLog
 from tdml_node.pools import Mempool, WorkPool
@@ -42,6 +43,7 @@ from tdml_node.runtime.seams import HONEST, Seams
 from tdml_node.runtime.tasks import StopSignal, TaskOwner
 from tdml_node.runtime.views import ChainHead
 from tdml_node.runtime.wakeup import Wakeup
+from tdml_node.runtime.wallclock import WallClock, system_wall_ms
 from tdml_node.runtime.workqueue import Offload, Worker, WorkQueue, in_thread
 from tdml_node.storage import ChainStore, Retention
 from tdml_node.work.executor import TorchExecutor
@@ -74,8 +76,13 @@ async def open_node(
     worker: Worker | None = None,
     offload: Offload = in_thread,
     standin_after: float = 3.0,
+    wall_clock: WallClock = system_wall_ms,
 ) -> AsyncIterator[Node]:
-    """A node with every part built; what it opened itself (store, work queue) is closed at the end."""
+    """A node with every part built; what it opened itself (store, work queue) is closed at the end.
+
+    ``wall_clock`` stamps the blocks this node proposes and judges the peers'
+    proposals' times; a simulation passes its simulated time.
+    """
     async with contextlib.AsyncExitStack() as stack:
         if store is None:
             store = await offload(ChainStore, config.data_dir)
@@ -86,7 +93,9 @@ async def open_node(
         network = network or NoNetwork()
         executor = TorchExecutor(store, train_threads=config.train_threads)
         chain = await offload(load_or_init_state, store, genesis, executor)
-        yield _assemble(config, keypair, genesis, store, executor, chain, network, seams, worker, offload, standin_after)
+        yield _assemble(
+            config, keypair, genesis, store, executor, chain, network, seams, worker, offload, standin_after, wall_clock
+        )
 
 
 def _assemble(
@@ -101,6 +110,7 @@ def _assemble(
     worker: Worker,
     offload: Offload,
     standin_after: float,
+    wall_clock: WallClock,
 ) -> Node:
     loop = asyncio.get_running_loop()
     stop = StopSignal()
@@ -167,6 +177,7 @@ def _assemble(
             executor=executor,
             timings=ProposerTimings(config.timeouts, config.partial_wait_ms, config.block_interval_ms),
             wakeup=wakeup,
+            clock=wall_clock,
         ),
         checker=ProposalChecker(
             keypair=keypair,
@@ -190,6 +201,9 @@ def _assemble(
             intake=intake,
             duties=duties,
             to_inbox=PeerInboxGate(inbox, metrics.peer_messages_dropped).admit,
+            timeliness=TimelinessCheck(
+                Synchrony(config.timely_precision_ms, config.timely_message_delay_ms), wall_clock
+            ),
         ),
         tasks=tasks,
         wakeup=wakeup,

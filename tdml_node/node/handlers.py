@@ -36,6 +36,7 @@ from p2p.messages import GossipPayload
 from tdml_node.duties import Duties
 from tdml_node.node.intake import TransactionIntake
 from tdml_node.node.privval import PrivValidator
+from tdml_node.node.timeliness import TimelinessCheck
 from tdml_node.pools import TxRejected, WorkPool
 from tdml_node.runtime.faults import penalise
 from tdml_node.runtime.netlink import Network
@@ -74,6 +75,7 @@ class PeerHandlers:
         intake: TransactionIntake,
         duties: Duties,
         to_inbox: Callable[[FromPeer], object],
+        timeliness: TimelinessCheck,
     ) -> None:
         self.node_key = node_key
         self.chain = chain
@@ -85,9 +87,13 @@ class PeerHandlers:
         self.intake = intake
         self.duties = duties
         self._to_inbox = to_inbox
+        self.timeliness = timeliness
 
     async def on_gossip(self, payload: GossipPayload, peer_id: bytes) -> None:
-        if isinstance(payload, SignedProposal | SignedVote):
+        if isinstance(payload, SignedProposal):
+            # Timeliness is judged on arrival, not when the inbox gets to it.
+            self._to_inbox(FromPeer(self.timeliness.mark(ProposalReceived(payload)), peer_id))
+        elif isinstance(payload, SignedVote):
             self._to_inbox(FromPeer(as_event(payload), peer_id))
         elif isinstance(payload, SignedTransaction):
             try:

@@ -56,6 +56,7 @@ from tdml_node.pools import Evidence, Mempool, WorkPool, open_unit_keys, select_
 from tdml_node.runtime.runner import WorkRunner
 from tdml_node.runtime.views import ChainView
 from tdml_node.runtime.wakeup import Wakeup
+from tdml_node.runtime.wallclock import WallClock
 from tdml_node.runtime.workqueue import PRIORITY_CONSENSUS
 from tdml_node.storage import ChainStore
 
@@ -90,6 +91,7 @@ class Proposer:
         executor: WorkOracle,
         timings: ProposerTimings,
         wakeup: Wakeup,
+        clock: WallClock,
     ) -> None:
         self.keypair = keypair
         self.chain = chain
@@ -101,6 +103,7 @@ class Proposer:
         self.executor = executor
         self.timings = timings
         self.wakeup = wakeup
+        self.clock = clock
 
     async def build(
         self, height: Height, round_: Round, still_wanted: Callable[[], bool]
@@ -172,7 +175,14 @@ class Proposer:
         units: Sequence[Unit],
         evidence: tuple[Evidence, ...],
     ) -> tuple[Block, BlockResult]:
-        """Build (on the work queue) the block to propose, dropping parts that do not apply."""
+        """Build (on the work queue) the block to propose, dropping parts that do not apply.
+
+        The block's time is read once the body is executed (aggregation can
+        take a while, and validators judge the time on arrival): our clock, or
+        just past the parent's when our clock is behind it (the transition
+        wants it to increase). The time is in no state, so the body and the
+        root do not depend on it.
+        """
         ctx = BlockContext(state.chain_id, height, state.tip_hash, self.keypair.public_key)
         last_commit = self.store.get_commit(height - 1) if height > 1 else None
         txs = select_transactions(state, ctx, candidates, self.executor)
@@ -197,6 +207,7 @@ class Proposer:
                 log.warning("dropping part of a block proposal: %s", exc)
                 continue
             body = dataclasses.replace(body, outcomes=result.completed)
+            time_ms = max(self.clock(), state.tip_time_ms + 1)
             header = BlockHeader(
                 chain_id=state.chain_id,
                 height=height,
@@ -205,7 +216,8 @@ class Proposer:
                 proposer=self.keypair.public_key,
                 body_hash=compute_body_hash(body),
                 state_root=result.state.root,
+                time_ms=time_ms,
             )
-            final = dataclasses.replace(result.state, tip_hash=compute_block_hash(header))
+            final = dataclasses.replace(result.state, tip_hash=compute_block_hash(header), tip_time_ms=time_ms)
             return Block(header, body), BlockResult(final, result.completed)
         raise InvariantViolation("cannot build even an empty block")

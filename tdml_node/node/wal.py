@@ -6,7 +6,9 @@ built. A restarted node feeds the log back into a fresh core in the same
 order; the core is a deterministic function of its inputs, so it comes back
 in exactly the state it was in, locked where it was locked, and asks the
 privval to sign only what it signed before, which returns the same
-signatures. Without timeouts and validity results in the log, a restarted
+signatures. A proposal found untimely on arrival is logged as such
+(``WalUntimely``), so the replay prevotes nil again instead of judging the
+block's time anew with a later clock. Without timeouts and validity results in the log, a restarted
 core could re-derive a different vote (say, for a proposal whose propose
 timeout had already made it prevote nil) and be refused by the privval.
 
@@ -63,7 +65,13 @@ class WalValue:
     block: Block
 
 
-WalRecord = SignedProposal | SignedVote | WalTimeout | WalValidity | WalValue
+@message(153)
+@dataclass(frozen=True, slots=True)
+class WalUntimely:
+    signed: SignedProposal
+
+
+WalRecord = SignedProposal | SignedVote | WalTimeout | WalValidity | WalValue | WalUntimely
 LoggedEvent = ProposalReceived | VoteReceived | TimeoutElapsed | ValidityResult | ValueReady
 
 
@@ -76,6 +84,8 @@ def event_height(event: LoggedEvent) -> int:
 
 
 def to_record(event: LoggedEvent) -> WalRecord:
+    if isinstance(event, ProposalReceived) and not event.timely:
+        return WalUntimely(event.signed)
     if isinstance(event, ProposalReceived | VoteReceived):
         return event.signed
     if isinstance(event, TimeoutElapsed):
@@ -88,6 +98,8 @@ def to_record(event: LoggedEvent) -> WalRecord:
 def to_event(record: WalRecord) -> Event:
     if isinstance(record, SignedProposal):
         return ProposalReceived(record)
+    if isinstance(record, WalUntimely):
+        return ProposalReceived(record.signed, timely=False)
     if isinstance(record, SignedVote):
         return VoteReceived(record)
     if isinstance(record, WalTimeout):

@@ -3,10 +3,10 @@
 The mapping (docs/rpc.md has the table): a TDML block keeps its number,
 hash, parent hash and state root; ``transactionsRoot`` is the body hash (it
 commits to the whole body, transactions first); ``miner`` is the
-proposer's address. What TDML does not have is zero: gas, difficulty,
-nonce, logs bloom, receipts and uncles root, mix hash, and the timestamp
-(no block time is in consensus data, decision 1). Numbers are 0x
-quantities, as Ethereum's clients expect.
+proposer's address; ``timestamp`` is the header's time in whole seconds
+(decision 26; 0 for the genesis, which has none). What TDML does not have
+is zero: gas, difficulty, nonce, logs bloom, receipts and uncles root, mix
+hash. Numbers are 0x quantities, as Ethereum's clients expect.
 
 This module must never decide anything: it presents what it is given.
 """
@@ -49,6 +49,7 @@ def eth_header(block: Block, block_hash: bytes) -> dict[str, Any]:
         "stateRoot": hex0x(header.state_root),
         "transactionsRoot": hex0x(header.body_hash),
         **_zero_fields(),
+        "timestamp": quantity(header.time_ms // 1000),
         "miner": hex0x(crypto.address_of(header.proposer)),
     }
 

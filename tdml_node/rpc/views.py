@@ -5,6 +5,7 @@ This module must never decide anything: it presents what it is given.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from consensus import crypto
@@ -34,6 +35,8 @@ def block_view(block: Block, commit: CommitCertificate | None, full: bool) -> di
     view: dict[str, Any] = {
         "number": header.height,
         "hash": hex0x(compute_block_hash(header)),
+        "time": header.time_ms,
+        "time_iso": iso_time(header.time_ms),
         "header": to_json(header),
     }
     body = block.body
@@ -48,6 +51,22 @@ def block_view(block: Block, commit: CommitCertificate | None, full: bool) -> di
     return view
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def iso_time(time_ms: int) -> str:
+    """A block time as ISO 8601 in UTC with milliseconds, e.g. ``2026-12-03T06:38:19.123Z``.
+
+    Integer arithmetic, so no float rounding moves a millisecond; a time past
+    year 9999 (the header allows any u64) has no ISO form and reads as "".
+    """
+    try:
+        moment = EPOCH + timedelta(milliseconds=time_ms)
+    except OverflowError:
+        return ""
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def block_summary(committed: CommittedBlock) -> dict[str, Any]:
     """A committed block in a notification: its number, hash, round, proposer and what it holds."""
     block = committed.block
@@ -55,6 +74,7 @@ def block_summary(committed: CommittedBlock) -> dict[str, Any]:
         "number": block.header.height,
         "hash": hex0x(committed.block_hash),
         "round": committed.commit.round,
+        "time": block.header.time_ms,
         "proposer": hex0x(block.header.proposer),
         "transactions": len(block.body.transactions),
         "submissions": len(block.body.submissions),

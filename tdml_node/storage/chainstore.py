@@ -131,7 +131,9 @@ class ChainStore:
         raw = self._db.get(b"mstate")
         if tip is None or raw is None:
             return None
-        return LedgerState.decode(raw, tip.block_hash)
+        # The tip's time sits beside the state, not in it: it is the tip block's header's.
+        block = self.get_block(tip.height) if tip.height > 0 else None
+        return LedgerState.decode(raw, tip.block_hash, block.header.time_ms if block is not None else 0)
 
     def commit_block(
         self, block: Block, cert: CommitCertificate, state: LedgerState, blobs: Iterable[bytes] = ()

@@ -399,6 +399,10 @@ def make_commit(
     return CommitCertificate(Height(state.height), Round(round_), target, tuple(sigs))
 
 
+BLOCK_SPACING_MS = 1000
+"""Each built block's time is its parent's plus this: increasing, as the transition wants."""
+
+
 def build_block(
     state: LedgerState,
     body_parts: BodyParts | None = None,
@@ -436,6 +440,7 @@ def build_block(
         proposer=proposer.public_key,
         body_hash=compute_body_hash(body),
         state_root=result.state.root,
+        time_ms=state.tip_time_ms + BLOCK_SPACING_MS,
     )
     return Block(header, body)
 

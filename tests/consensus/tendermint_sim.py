@@ -130,6 +130,8 @@ SIM_TIMEOUTS = TimeoutConfig(
 
 EMPTY_BODY = BlockBody((), (), (), (), (), None)
 EMPTY_BODY_HASH = compute_body_hash(EMPTY_BODY)
+SIM_EPOCH_MS = 1_700_000_000_000
+"""Block times: the core never reads them, but every header has one."""
 
 FAMILIES = ("calm", "lossy", "partition", "crash", "byzantine", "chaos", "restart_all", "adversarial", "adversarial")
 BYZANTINE_STRATEGIES = ("equivocate", "split", "split", "invalid", "silent", "random", "fake_valid_round")
@@ -700,6 +702,7 @@ class Simulation:
             proposer=node.keypair.public_key,
             body_hash=EMPTY_BODY_HASH,
             state_root=root,
+            time_ms=SIM_EPOCH_MS + 1000 * height + round_,
         )
         if valid:
             self.valid_blocks.add(compute_block_hash(header))

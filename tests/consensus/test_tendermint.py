@@ -75,6 +75,7 @@ def make_block(height: int, round_: int, proposer: PublicKey, salt: bytes = b"")
         proposer=proposer,
         body_hash=compute_body_hash(EMPTY),
         state_root=crypto.sha256(b"root/" + salt),
+        time_ms=1000 * height,
     )
     return Block(header, EMPTY)
 
@@ -736,3 +737,57 @@ def test_late_messages_of_a_decided_height_are_ignored() -> None:
     before = net.core.snapshot()
     assert net.votes(PRECOMMIT, 1, 0, block, net.others(3)) == []
     assert net.core.snapshot() == before
+
+
+# ---------------------------------------------------------------------------
+# Proposer-based timestamps: the shell's timeliness verdict on a proposal
+
+
+def test_an_untimely_fresh_proposal_gets_a_nil_prevote_though_its_block_is_valid() -> None:
+    net = net_where_proposer_is_not_me()
+    net.start()
+    v = make_block(1, 0, net.keys[net.proposer(1, 0)].public_key)
+    out = net.apply(ProposalReceived(net.proposal(1, 0, v), timely=False))
+    assert any(isinstance(a, RequestValidation) for a in out)  # validity is still asked: it is per block
+    out = net.apply(ValidityResult(Height(1), block_id(v), True))
+    assert my_votes(out, PREVOTE) == [None]
+    assert net.core.snapshot().untimely == frozenset({0})
+    assert dict(net.core.snapshot().validity)[block_id(v)] is True
+
+
+def test_the_same_proposal_on_time_gets_our_prevote() -> None:
+    net = net_where_proposer_is_not_me()
+    net.start()
+    v = make_block(1, 0, net.keys[net.proposer(1, 0)].public_key)
+    assert my_votes(net.propose(1, 0, v), PREVOTE) == [block_id(v)]
+    assert net.core.snapshot().untimely == frozenset()
+
+
+def test_a_block_untimely_to_us_is_still_decided_by_a_quorum_of_precommits() -> None:
+    """Timeliness only gates our prevote: a block the others found timely commits here too."""
+    net = net_where_proposer_is_not_me()
+    net.start()
+    v = make_block(1, 0, net.keys[net.proposer(1, 0)].public_key)
+    net.apply(ProposalReceived(net.proposal(1, 0, v), timely=False))
+    net.apply(ValidityResult(Height(1), block_id(v), True))
+    out = net.votes(PRECOMMIT, 1, 0, v, net.others(3))
+    assert [a.block for a in out if isinstance(a, Decide)] == [v]
+
+
+def test_a_re_proposal_with_a_polka_keeps_its_old_time_and_gets_our_prevote(
+    net_proposing_neither_round_0_nor_1: Net,
+) -> None:
+    """PBTS checks timeliness only for a fresh value (valid_round -1): a re-proposed one carries
+    the time of the round it was first proposed in, which some correct validator found timely."""
+    net = net_proposing_neither_round_0_nor_1
+    net.start()
+    v = make_block(1, 0, net.keys[net.proposer(1, 0)].public_key)
+    net.apply(ProposalReceived(net.proposal(1, 0, v), timely=False))
+    assert my_votes(net.apply(ValidityResult(Height(1), block_id(v), True)), PREVOTE) == [None]
+    others = net.others(3)
+    net.votes(PREVOTE, 1, 1, None, others[:2])  # f+1 of round 1: we move there
+    assert net.core.round == 1
+    net.votes(PREVOTE, 1, 0, v, others)  # the polka for v in round 0, seen late
+    # Even marked untimely (an old time is what a re-proposal has), it is prevoted.
+    out = net.apply(ProposalReceived(net.proposal(1, 1, v, valid_round=0), timely=False))
+    assert my_votes(out, PREVOTE) == [block_id(v)]

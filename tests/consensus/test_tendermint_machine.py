@@ -59,6 +59,7 @@ def _block(salt: bytes) -> Block:
         proposer=PublicKey(bytes(32)),
         body_hash=compute_body_hash(EMPTY),
         state_root=crypto.sha256(b"root/" + salt),
+        time_ms=1,
     )
     return Block(header, EMPTY)
 

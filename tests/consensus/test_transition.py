@@ -363,6 +363,9 @@ HEADER_CASES = [
         "state root",
         id="body-changed-root-stale",
     ),
+    pytest.param(lambda s, b: rebuild_header(b, time_ms=s.tip_time_ms), "block time", id="time-equal-to-parent"),
+    pytest.param(lambda s, b: rebuild_header(b, time_ms=s.tip_time_ms - 1), "block time", id="time-before-parent"),
+    pytest.param(lambda s, b: rebuild_header(b, time_ms=0), "block time", id="time-zero"),
 ]
 
 
@@ -372,6 +375,27 @@ def test_header_rules(mutate: object, match: str) -> None:
     block = build_block(pre)
     apply_block(pre, block, None)  # the unmutated block is valid
     assert_invalid(pre, mutate(pre, block), None, match)  # type: ignore[operator]
+
+
+def test_first_block_needs_a_positive_time() -> None:
+    pre = genesis_state()
+    assert pre.tip_time_ms == 0
+    assert_invalid(pre, rebuild_header(build_block(pre), time_ms=0), None, "block time")
+    assert apply_block(pre, rebuild_header(build_block(pre), time_ms=1), None).state.tip_time_ms == 1
+
+
+def test_block_time_stays_out_of_the_state_root() -> None:
+    """The time is kept beside the state for the next block's check, but two blocks that differ
+    only in their time lead to the same root: no clock reading enters the ledger state."""
+    pre = advance(genesis_state())
+    block = build_block(pre)
+    early = apply_block(pre, block, None).state
+    late = apply_block(pre, rebuild_header(block, time_ms=block.header.time_ms + 123_456), None).state
+    assert early.root == late.root == block.header.state_root
+    assert (early.tip_time_ms, late.tip_time_ms) == (block.header.time_ms, block.header.time_ms + 123_456)
+    assert early.tip_hash != late.tip_hash  # the header, and so the block hash, does hold the time
+    again = LedgerState.decode(late.encode(), late.tip_hash, late.tip_time_ms)
+    assert again.tip_time_ms == late.tip_time_ms and again.root == late.root
 
 
 def test_block_at_a_later_round_by_its_proposer() -> None:

@@ -172,7 +172,7 @@ def _oversized_proposal() -> SignedProposal:
     signed = SignedWorkSubmission(sub, Signature(bytes(64)))
     count = GOSSIP_LIMIT // len(encode(signed)) + 1
     body = BlockBody((), (signed,) * count, (), (), (), None)
-    header = BlockHeader("c", Height(1), Round(0), DIGEST, PublicKey(bytes(32)), DIGEST, DIGEST)
+    header = BlockHeader("c", Height(1), Round(0), DIGEST, PublicKey(bytes(32)), DIGEST, DIGEST, 1)
     proposal = Proposal(Height(1), Round(0), Block(header, body), -1, PublicKey(bytes(32)))
     return SignedProposal(proposal, Signature(bytes(64)))
 

@@ -121,7 +121,7 @@ def test_a_block_tells_its_registrations_and_slashings(caplog: pytest.LogCapture
         outcomes=(), last_commit=None,
     )
     zero = Hash32(bytes(32))
-    header = BlockHeader("tdml-test", Height(5), Round(0), zero, PublicKey(joiner.public_key), zero, zero)
+    header = BlockHeader("tdml-test", Height(5), Round(0), zero, PublicKey(joiner.public_key), zero, zero, 5000)
     committed = CommittedBlock(Block(header, body), zero, CommitCertificate(Height(5), Round(0), zero, ()), chain.state)
     events = list(describe_block(committed))
     assert [(e.msg, e.level) for e in events] == [("node registered", logging.INFO), ("slashed", logging.WARNING)]

@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import sys
+import time
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -92,8 +94,9 @@ async def test_web3_http_provider_reads_the_chain(live: LiveNode) -> None:
     assert latest["number"] >= receipt["blockNumber"] + 1 and got["block_number"] >= latest["number"]
     assert got["by_hash"] == latest
     assert latest["gasUsed"] == 0 and latest["difficulty"] == 0 and latest["uncles"] == []
-    assert latest["timestamp"] == 0 and latest["logsBloom"] == bytes(256)
+    assert latest["logsBloom"] == bytes(256)
     ours = await live.result("tdml_getBlockByNumber", latest["number"], False)
+    assert latest["timestamp"] == ours["time"] // 1000 > 0
     assert "0x" + latest["hash"].hex() == ours["hash"]
     assert "0x" + latest["parentHash"].hex() == ours["header"]["parent_hash"]
     assert "0x" + latest["stateRoot"].hex() == ours["header"]["state_root"]
@@ -129,6 +132,34 @@ async def test_nothing_writes_through_eth(live: LiveNode, method: str) -> None:
     answer = await live.call(method, "0x" + "00" * 40)
     assert answer["error"]["code"] == METHOD_NOT_FOUND
     assert len(live.node.mempool) == 0 and await live.result("tdml_blockNumber") >= height
+
+
+def _web3_timestamps(url: str, heights: range) -> list[int]:
+    w3 = Web3(HTTPProvider(url, request_kwargs={"timeout": 10}))
+    return [int(w3.eth.get_block(h)["timestamp"]) for h in heights]
+
+
+async def test_blocks_carry_increasing_times_from_the_proposers_clock(live: LiveNode) -> None:
+    """Every committed block's time exceeds its parent's and is the proposer's wall clock when it
+    built the block, as both ``tdml_getBlockByNumber`` and web3's ``get_block`` show it."""
+    first = await live.result("tdml_blockNumber") + 1
+    before_ms = time.time_ns() // 1_000_000
+    await live.wait_height(first + 3)
+    after_ms = time.time_ns() // 1_000_000
+    heights = range(first, first + 4)
+    blocks = [await live.result("tdml_getBlockByNumber", h, False) for h in heights]
+    times = [b["time"] for b in blocks]
+    assert all(a < b for a, b in itertools.pairwise(times)), times
+    # Loose bounds (a slow machine may build late): the times are from this run's clock.
+    assert before_ms - 60_000 <= times[0] and times[-1] <= after_ms + 60_000, (before_ms, times, after_ms)
+    for block in blocks:
+        assert block["header"]["time_ms"] == block["time"]
+        parsed = datetime.fromisoformat(block["time_iso"].replace("Z", "+00:00"))
+        assert parsed.tzinfo is not None and round(parsed.timestamp() * 1000) == block["time"]
+    stamps = await asyncio.wait_for(asyncio.to_thread(_web3_timestamps, live.url, range(0, first + 4)), 60)
+    assert stamps[0] == 0  # the genesis has no time
+    assert stamps[first:] == [t // 1000 for t in times]
+    assert all(a <= b for a, b in itertools.pairwise(stamps[1:]))
 
 
 async def test_web3_websocket_provider_receives_new_heads_in_order(live: LiveNode) -> None:

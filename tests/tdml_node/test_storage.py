@@ -30,7 +30,7 @@ PARAMS = ChainParams(1, 1, 5000, 1000, 4)
 
 def _block(height: int, parent: bytes) -> Block:
     body = BlockBody((), (), (), (), (), None)
-    header = BlockHeader("c", Height(height), Round(0), Hash32(parent), PublicKey(b"\x01" * 32), ZERO_HASH, ZERO_HASH)
+    header = BlockHeader("c", Height(height), Round(0), Hash32(parent), PublicKey(b"\x01" * 32), ZERO_HASH, ZERO_HASH, 1000 * height)
     return Block(header, body)
 
 

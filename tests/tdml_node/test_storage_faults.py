@@ -253,7 +253,8 @@ async def test_a_failed_blob_upload_answers_507_and_halts_the_node(tmp_path: Pat
 def _block(height: int, parent: bytes, state_root: bytes = b"") -> Block:
     body = BlockBody((), (), (), (), (), None)
     header = BlockHeader(
-        "c", Height(height), Round(0), Hash32(parent), PublicKey(b"\x01" * 32), sha256(b"body"), Hash32(state_root or sha256(b"root"))
+        "c", Height(height), Round(0), Hash32(parent), PublicKey(b"\x01" * 32), sha256(b"body"), Hash32(state_root or sha256(b"root")),
+        1000 * height,
     )
     return Block(header, body)
 

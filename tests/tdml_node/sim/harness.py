@@ -58,6 +58,21 @@ T = TypeVar("T")
 
 FAMILIES = ("calm", "lossy", "partition", "crash", "byzantine", "chaos", "work", "work_byzantine")
 SIM_CHAIN = "tdml-sim"
+SIM_EPOCH_MS = 1_700_000_000_000
+"""The wall clock nodes read (block times, timeliness) is this plus the simulated time: replayable by seed."""
+
+
+HONEST_SKEW_MS = 250
+"""Every node's clock is off by up to this (seeded), within half the default timeliness precision:
+honest drift must cost no liveness."""
+
+
+def sim_wall_ms() -> int:
+    return SIM_EPOCH_MS + int(asyncio.get_running_loop().time() * 1000)
+
+
+def skewed_clock(skew_ms: int) -> Callable[[], int]:
+    return lambda: sim_wall_ms() + skew_ms
 BYZANTINE = ("equivocate", "approve-invalid")
 BYZANTINE_TRAINERS = ("zero", "random", "copy", "replay-old", "stale-parent", "accuse", "lazy", "withhold")
 
@@ -103,6 +118,7 @@ class Scenario:
     byzantine: tuple[tuple[int, str], ...] = ()
     job_steps: int = 0
     termination_ms: int = 120_000
+    clock_skew_ms: tuple[int, ...] = ()  # per node; none: every clock exact
 
     def describe(self) -> str:
         parts = [f"family={self.family}", f"n={self.n}", f"gst={self.network.gst_ms}ms"]
@@ -114,6 +130,8 @@ class Scenario:
             parts.append(f"partitions={[(s, e, sorted(c)) for s, e, c in self.network.partitions]}")
         if self.job_steps:
             parts.append(f"job={self.job_steps} steps")
+        if any(self.clock_skew_ms):
+            parts.append(f"skews={list(self.clock_skew_ms)}ms")
         return " ".join(parts)
 
 
@@ -151,6 +169,11 @@ def make_scenario(seed: int, family: str | None = None) -> Scenario:
         crashes=tuple(crashes),
         byzantine=tuple(byzantine),
         job_steps=rng.randint(3, 6) if work else 0,
+        # Its own generator, so adding skews left every other draw of a seed as it was.
+        clock_skew_ms=(
+            () if family == "calm"
+            else tuple(random.Random(seed ^ 0xC10C).randint(-HONEST_SKEW_MS, HONEST_SKEW_MS) for _ in range(n))
+        ),
     )
 
 
@@ -165,6 +188,7 @@ class SimNode:
     node: Node | None = None
     task: asyncio.Task[None] | None = None
     committed: dict[int, Hash32] = field(default_factory=dict)
+    times: dict[int, int] = field(default_factory=dict)  # committed blocks' times, by height
     restarts: int = 0
 
     @property
@@ -179,6 +203,7 @@ class Simulation:
         self.rng = random.Random(scenario.seed ^ 0x5EED)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.failures: list[str] = []
+        self.proposers: dict[int, bytes] = {}  # the proposer of each committed height
 
     # ------------------------------------------------------------ running
 
@@ -241,7 +266,7 @@ class Simulation:
         node = await stack.enter_async_context(
             open_node(
                 config, sim.keypair, self.genesis, store=sim.store, network=sim.link, seams=sim.seams,
-                worker=InlineWorker(), offload=inline,
+                worker=InlineWorker(), offload=inline, wall_clock=skewed_clock(self._skew(sim.index)),
             )
         )
         node.add_block_listener(lambda committed, s=sim: self._on_commit(s, committed.block))
@@ -299,12 +324,21 @@ class Simulation:
             na.handlers.on_peer_connected(self.nodes[b].keypair.public_key)
             nb.handlers.on_peer_connected(self.nodes[a].keypair.public_key)
 
+    def _skew(self, index: int) -> int:
+        skews = self.scenario.clock_skew_ms
+        return skews[index] if index < len(skews) else 0
+
     def _on_commit(self, sim: SimNode, block: Any) -> None:
         height, digest = block.header.height, compute_block_hash(block.header)
         earlier = sim.committed.get(height)
         if earlier is not None and earlier != digest:
             self._fail(f"durability: n{sim.index} committed height {height} twice, differently")
         sim.committed[height] = digest
+        parent_time = sim.times.get(height - 1)
+        if parent_time is not None and block.header.time_ms <= parent_time:
+            self._fail(f"block time: n{sim.index}'s block {height} is not later than its parent")
+        sim.times[height] = block.header.time_ms
+        self.proposers[height] = block.header.proposer
         for other in self.nodes:
             theirs = other.committed.get(height)
             if theirs is not None and theirs != digest and self._honest(sim) and self._honest(other):

@@ -20,7 +20,15 @@ import pytest
 
 from consensus.types import SignedVote
 
-from .harness import FAMILIES, Crash, Simulation, SimulationFailure, make_scenario, run_seed
+from .harness import (
+    FAMILIES,
+    HONEST_SKEW_MS,
+    Crash,
+    Simulation,
+    SimulationFailure,
+    make_scenario,
+    run_seed,
+)
 
 DEFAULT_SEEDS = 160
 CHUNKS = 8
@@ -63,6 +71,24 @@ def test_faults_stay_within_the_budget() -> None:
         sc = make_scenario(seed)
         faulty = {i for i, _ in sc.byzantine} | {c.node for c in sc.crashes}
         assert 3 * len(faulty) < sc.n, sc.describe()
+
+
+def test_a_node_whose_clock_runs_far_ahead_never_gets_its_blocks_in() -> None:
+    """Proposer-based timestamps in real nodes: a validator 10 s ahead stamps its blocks 10 s in
+    the others' future, they prevote nil for them, and the chain goes on with the others' blocks."""
+    sc = dataclasses.replace(make_scenario(0, "calm"), n=4, target_height=8)
+    control = Simulation(sc)
+    control.run()
+    assert control.nodes[0].keypair.public_key in control.proposers.values()  # on time, it does propose
+    sim = Simulation(dataclasses.replace(sc, clock_skew_ms=(10_000, 0, 0, 0)))
+    sim.run()
+    assert len(sim.proposers) >= 8
+    assert sim.nodes[0].keypair.public_key not in sim.proposers.values()
+
+
+def test_honest_clocks_are_skewed_in_the_sweep() -> None:
+    skews = [s for seed in range(1, 40) for s in make_scenario(seed).clock_skew_ms]
+    assert any(skews) and max(map(abs, skews)) <= HONEST_SKEW_MS
 
 
 # ---------------------------------------------------------------------------
