@@ -64,10 +64,10 @@ class NodeConfig:
     """How far validators' clocks may differ (PBTS's PRECISION): a fresh proposal whose block time is
     more than this ahead of our clock on arrival is untimely and prevoted nil. Loose enough for NTP-kept
     clocks (CometBFT uses 505 ms); tightening it only costs rounds, never safety."""
-    timely_message_delay_ms: int = 2000
+    timely_message_delay_ms: int = 15000
     """How long a proposal may travel (PBTS's MSGDELAY): one older than this plus the precision on arrival
-    is untimely. Shorter than CometBFT's 15 s because our blocks are small and proposals carry no parts;
-    it must stay above the real delay, or honest proposals lose their rounds (decision 26)."""
+    is untimely. CometBFT's 15 s: a busy validator (replaying units, on a loaded machine) may take its
+    proposal off the wire seconds late, and a delay set below that costs honest rounds (decision 26)."""
     train_threads: int = 0
     """Threads this node trains with on jobs that tolerate other profiles (0: the job's own)."""
     retain_steps: int = 8

@@ -90,7 +90,7 @@ def test_the_window_is_precision_ahead_and_precision_plus_delay_behind() -> None
 
 def test_the_node_config_defaults_are_the_documented_ones() -> None:
     config = NodeConfig(home=Path("/nonexistent"))
-    assert (config.timely_precision_ms, config.timely_message_delay_ms) == (500, 2000)
+    assert (config.timely_precision_ms, config.timely_message_delay_ms) == (500, 15000)
 
 
 def test_a_proposal_from_the_future_gets_a_nil_prevote() -> None:
