@@ -22,6 +22,7 @@ from aiohttp import web
 from p2p_fixtures import wait_until
 
 from p2p.guard import ConnectionGuard, GuardLimits, SlotCounter
+from tests.sockets import closed_within, connect
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -100,21 +101,8 @@ async def serve(limits: GuardLimits) -> AsyncIterator[Served]:
         guard.abort_all()
 
 
-async def connect(port: int, source: str = "127.0.0.1") -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    return await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
 
 
-async def closed_within(reader: asyncio.StreamReader, timeout: float) -> bool:
-    """Whether the server closed the connection (EOF or reset) within ``timeout``, reading whatever comes."""
-    try:
-        async with asyncio.timeout(timeout):
-            while await reader.read(65536):
-                pass
-    except TimeoutError:
-        return False
-    except ConnectionError:
-        pass
-    return True
 
 
 SHORT = GuardLimits(max_connections=50, max_per_ip=4, reserved_known=10, header_timeout=0.5, idle_timeout=1.0)

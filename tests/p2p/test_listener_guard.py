@@ -24,6 +24,7 @@ from p2p_fixtures import CHAIN_ID, GENESIS, VERSION, MemoryHandler, keypair, wai
 from p2p.messages import MAX_FRAME
 from p2p.network import P2PNetwork
 from p2p.settings import ChainIdentity, NetworkConfig, PeerSettings
+from tests.sockets import closed_within
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -57,16 +58,6 @@ async def network(index: int, config: NetworkConfig = CONFIG, bootstrap: tuple[s
         await net.aclose()
 
 
-async def closed_within(reader: asyncio.StreamReader, timeout: float) -> bool:
-    try:
-        async with asyncio.timeout(timeout):
-            while await reader.read(65536):
-                pass
-    except TimeoutError:
-        return False
-    except ConnectionError:
-        pass
-    return True
 
 
 async def test_idle_and_half_sent_sockets_are_closed_by_the_header_deadline() -> None:

@@ -22,6 +22,7 @@ from tdml_node.config import NodeConfig
 from tdml_node.genesis import compose_genesis
 from tdml_node.node import open_node
 from tdml_node.rpc import RpcServer
+from tests.sockets import closed_within, connect
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -43,20 +44,8 @@ async def rpc(tmp_path: Path) -> AsyncIterator[RpcServer]:
             await server.stop()
 
 
-async def connect(port: int, source: str = "127.0.0.1") -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    return await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
 
 
-async def closed_within(reader: asyncio.StreamReader, timeout: float) -> bool:
-    try:
-        async with asyncio.timeout(timeout):
-            while await reader.read(65536):
-                pass
-    except TimeoutError:
-        return False
-    except ConnectionError:
-        pass
-    return True
 
 
 async def health(port: int) -> bytes:
