@@ -46,6 +46,7 @@ MAX_UNITS_PER_BLOCK = 1024
 MAX_INNER_STEPS = 256
 MAX_SHARDS = 256
 MAX_VALIDATORS = 256
+MAX_STAGES = 128
 
 # ---------------------------------------------------------------------------
 # Job specification
@@ -150,7 +151,25 @@ class Preprocessing:
     scale: Annotated[tuple[Annotated[int, IntRange(0, 2**64 - 1)], ...], MaxLen(MAX_FEATURES)]
 
 
-@message(17, version=2)
+@message(19)
+@dataclass(frozen=True, slots=True)
+class PipelineSpec:
+    """How a pipeline job splits its model: contiguous layer ranges, one per stage.
+
+    Stage ``s`` holds layers ``layer_bounds[s]`` up to (not including)
+    ``layer_bounds[s + 1]`` of the registry model's layer sequence, so
+    ``layer_bounds`` runs from 0 to the model's layer count, strictly
+    increasing, and S = ``len(layer_bounds) - 1``. A shard's batch goes
+    through every stage in ``micro_batches`` equal micro-batches, whose
+    gradients each stage accumulates in micro-batch order
+    (``consensus.pipeline``).
+    """
+
+    layer_bounds: Annotated[tuple[Annotated[int, IntRange(0, 1 << 16)], ...], MaxLen(MAX_STAGES + 1)]
+    micro_batches: Annotated[int, IntRange(1, 1 << 16)]
+
+
+@message(17, version=3)
 @dataclass(frozen=True, slots=True)
 class JobSpec:
     """A training job: what to train, on what, how, and how its work is checked and paid.
@@ -161,7 +180,9 @@ class JobSpec:
     parameter delta; ``outer_optimizer`` is applied to the mean delta.
     ``preprocessing`` records the transform the dataset's features went
     through (None: none), for whoever uses the trained model on raw input.
-    Version 2 added it.
+    Version 2 added it. ``pipeline`` splits the model into stages trained
+    by different trainers (None: every unit trains the whole model); version
+    3 added it.
     """
 
     name: Annotated[str, MaxLen(64)]
@@ -184,6 +205,7 @@ class JobSpec:
     reward_per_unit: Amount
     reward_per_verdict: Amount
     preprocessing: Preprocessing | None = None
+    pipeline: PipelineSpec | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -242,10 +264,32 @@ class SignedTransaction:
 # Work and its verification
 
 
-@message(20)
+@message(25)
+@dataclass(frozen=True, slots=True)
+class StageLinks:
+    """What a pipeline unit ran from and what it hands on, by digest (``consensus.pipeline``).
+
+    ``stage_root`` is the stage's parameter state in the job's committed
+    ``PipelineState``; ``inputs`` are the blobs the unit read, in the order
+    ``pipeline.expected_inputs`` gives (the chain accepts the unit only when
+    they are the accepted outputs of the units before it); ``output_gradient``
+    is the gradient with respect to the stage's input that it hands to the
+    stage before it (None for units that hand none).
+    """
+
+    stage_root: Hash32
+    inputs: Annotated[tuple[Hash32, ...], MaxLen(2)]
+    output_gradient: Hash32 | None
+
+
+@message(20, version=2)
 @dataclass(frozen=True, slots=True)
 class WorkSubmission:
     """A trainer's claim to have computed one work unit (job, step, shard).
+
+    In a pipeline job ``shard`` is the unit index of ``consensus.pipeline``
+    (shard, stage and phase in one number) and ``links`` names the unit's
+    stage state, inputs and handed-on gradient; version 2 added ``links``.
 
     ``checkpoint_digests[i]`` is the digest of the state after inner step
     i + 1 (empty when H = 1); ``losses[i]`` is the float32 loss of inner step
@@ -261,6 +305,7 @@ class WorkSubmission:
     result_digest: Hash32
     losses: Annotated[tuple[Annotated[int, IntRange(0, 2**32 - 1)], ...], MaxLen(MAX_INNER_STEPS)]
     receipt: ExecutionProfile
+    links: StageLinks | None = None
 
 
 @message(21)
@@ -529,10 +574,23 @@ class AccountEntry:
     record: WorkRecord
 
 
-@message(63)
+@message(26)
+@dataclass(frozen=True, slots=True)
+class PipelineState:
+    """A pipeline job's model state: one state bundle per stage, by digest; its hash is the model root."""
+
+    stage_roots: Annotated[tuple[Hash32, ...], MaxLen(MAX_STAGES)]
+
+
+@message(63, version=2)
 @dataclass(frozen=True, slots=True)
 class JobState:
-    """A job's progress. Slots are indexed by shard for the step in progress."""
+    """A job's progress. Slots are indexed by unit (the shard, or ``consensus.pipeline``'s unit index).
+
+    ``output_gradients`` holds, for a pipeline job, the gradient each
+    accepted unit handed on (``StageLinks.output_gradient``); it is empty for
+    other jobs. Version 2 added it.
+    """
 
     job_id: Hash32
     spec: JobSpec
@@ -550,6 +608,7 @@ class JobState:
     escrow: Amount
     last_outcome: StepOutcome | None
     finished_height: Height
+    output_gradients: Annotated[tuple[Hash32 | None, ...], MaxLen(MAX_SHARDS)] = ()
 
 
 @message(64)

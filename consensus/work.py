@@ -43,6 +43,7 @@ from consensus.types import (
     Signature,
     SignedVerdict,
     SignedWorkSubmission,
+    StageLinks,
     StepOutcome,
     Verdict,
     WorkSubmission,
@@ -73,6 +74,7 @@ class TrainedUnit:
     result_digest: Hash32
     losses: tuple[int, ...]
     receipt: ExecutionProfile
+    links: StageLinks | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,8 +191,23 @@ class WorkExecutor(WorkOracle, Protocol):
         """Run the unit (job.step, shard) from the committed model state."""
         ...
 
+    def train_stage(self, job: WorkView, unit: int, inputs: tuple[Hash32, ...]) -> TrainedUnit:
+        """(Pipeline jobs) run unit ``unit`` (``consensus.pipeline``) from the committed state and ``inputs``.
+
+        ``inputs`` are the digests ``pipeline.expected_inputs`` names (the
+        upstream outputs the trainer saw, possibly not yet accepted); the
+        returned unit's ``links`` name them with the stage root and the
+        handed-on gradient. ``WorkUnavailable`` while an input blob is missing.
+        """
+        ...
+
     def replay_step(self, job: WorkView, submission: WorkSubmission, inner: int) -> ReplayOutput:
-        """Replay one inner step from the submission's checkpoint before it."""
+        """Replay one inner step from the submission's checkpoint before it.
+
+        For a pipeline unit (``inner`` 0) the replay runs the unit from the
+        inputs its links name and ``digest`` is ``pipeline.claimed_output``'s
+        counterpart for what it produced.
+        """
         ...
 
     def compare_step(self, job: WorkView, submission: WorkSubmission, inner: int) -> ReplayComparison:
