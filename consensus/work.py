@@ -191,16 +191,6 @@ class WorkExecutor(WorkOracle, Protocol):
         """Run the unit (job.step, shard) from the committed model state."""
         ...
 
-    def train_stage(self, job: WorkView, unit: int, inputs: tuple[Hash32, ...]) -> TrainedUnit:
-        """(Pipeline jobs) run unit ``unit`` (``consensus.pipeline``) from the committed state and ``inputs``.
-
-        ``inputs`` are the digests ``pipeline.expected_inputs`` names (the
-        upstream outputs the trainer saw, possibly not yet accepted); the
-        returned unit's ``links`` name them with the stage root and the
-        handed-on gradient. ``WorkUnavailable`` while an input blob is missing.
-        """
-        ...
-
     def replay_step(self, job: WorkView, submission: WorkSubmission, inner: int) -> ReplayOutput:
         """Replay one inner step from the submission's checkpoint before it.
 
