@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +28,50 @@ from consensus.work import InvalidWork
 
 MAX_PARAMETERS = 100_000_000
 """Largest model a job may name: every validator must be able to hold and replay it."""
+
+
+# ---------------------------------------------------------------------------
+# Layer sequences
+
+
+class _Apply(nn.Module):
+    """One layer of a model's layer sequence: a piece of its forward over modules it already owns.
+
+    The modules are held in a plain tuple, not registered, so a layer view
+    adds no parameter names and the model's state bundle is unchanged.
+    """
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], *owners: nn.Module) -> None:
+        super().__init__()
+        self._fn = fn
+        self._owners = owners
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._fn(x)
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]:
+        for owner in self._owners:
+            yield from owner.parameters(recurse)
+
+
+def layer_sequence(model: nn.Module) -> tuple[nn.Module, ...]:
+    """The registry model as a sequence of layers: applied in order they compute its forward, op for op.
+
+    This is what a pipeline job's ``layer_bounds`` index; each layer's
+    ``parameters()`` are the model parameters it uses.
+    """
+    layers = getattr(model, "layers", None)
+    if layers is None:
+        raise InvalidWork(f"{type(model).__name__} has no layer sequence")
+    out: tuple[nn.Module, ...] = layers()
+    return out
+
+
+def layer_parameter_names(model: nn.Module) -> tuple[tuple[str, ...], ...]:
+    """For each layer of the sequence, the (model) names of the parameters it uses, in model order."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return tuple(tuple(sorted((names[id(p)] for p in layer.parameters()), key=list(names.values()).index))
+                 for layer in layer_sequence(model))
 
 
 # ---------------------------------------------------------------------------
@@ -49,6 +93,12 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.net(x)  # [B, in_dim] -> [B, classes]
         return out
+
+    def layers(self) -> tuple[nn.Module, ...]:
+        """Each hidden Linear with its ReLU, then the output Linear."""
+        mods = list(self.net)
+        hidden = (nn.Sequential(*mods[i : i + 2]) for i in range(0, len(mods) - 1, 2))
+        return (*hidden, mods[-1])
 
 
 # ---------------------------------------------------------------------------
@@ -74,6 +124,14 @@ class CNN(nn.Module):
         h = self.pool(h)  # [B, C, side/2, side/2]
         out: torch.Tensor = self.head(h.flatten(1))  # [B, classes]
         return out
+
+    def layers(self) -> tuple[nn.Module, ...]:
+        """The first conv (reading the flat image), the second conv, then pool and classifier."""
+        return (_Apply(self._first, self.conv1), _Apply(lambda h: F.relu(self.conv2(h)), self.conv2),
+                _Apply(lambda h: self.head(self.pool(h).flatten(1)), self.head))
+
+    def _first(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.conv1(x.view(x.shape[0], 1, self.side, self.side)))
 
 
 # ---------------------------------------------------------------------------
@@ -169,6 +227,17 @@ class CharTransformer(nn.Module):
         out: torch.Tensor = self.head(self.ln_f(x))  # [B, T, vocab]
         return out
 
+    def layers(self) -> tuple[nn.Module, ...]:
+        """The embeddings, each block, then the final LayerNorm with the head."""
+        return (_Apply(self._embed, self.tok_emb, self.pos_emb), *self.blocks,
+                _Apply(lambda x: self.head(self.ln_f(x)), self.ln_f, self.head))
+
+    def _embed(self, idx: torch.Tensor) -> torch.Tensor:
+        t = idx.shape[1]
+        assert t <= self.cfg.ctx, "sequence longer than the model's context"
+        out: torch.Tensor = self.tok_emb(idx) + self.pos_emb(torch.arange(t, device=idx.device))
+        return out
+
 
 # ---------------------------------------------------------------------------
 # The registry
@@ -262,3 +331,10 @@ def build_model(spec: ModelSpec, *, seed: int, dtype: torch.dtype) -> nn.Module:
         torch.manual_seed(seed)
         model = entry.build(model_args(spec))
     return model.to(dtype)
+
+
+def build_model_on_meta(spec: ModelSpec) -> nn.Module:
+    """The spec's model on torch's meta device: its shapes and layers, with no memory behind them."""
+    validate_model_spec(spec)
+    with torch.device("meta"):
+        return _REGISTRY[spec.name].build(model_args(spec))
