@@ -42,7 +42,6 @@ def run_shard(model: nn.Module, spec: JobSpec, x: torch.Tensor, y: torch.Tensor)
     """Every unit of one shard in chain order, each reading only the decoded blobs before it."""
     assert spec.pipeline is not None
     m = spec.pipeline.micro_batches
-    s_count = pipeline.stage_count(spec)
     xs, ys = stage.split_micro_batches(x, m), stage.split_micro_batches(y, m)
     acts: dict[int, list[torch.Tensor]] = {}
     grads: dict[str, torch.Tensor] = {}
