@@ -10,7 +10,10 @@ That comparison is only worth something if the two are written apart: this
 module reads the optimizer hyperparameters, the schedule and the evaluation
 rule itself, and shares with the executor only the building blocks both must
 agree on by definition (model registry, datasets, batch indices, profile,
-state bundle naming, tensor encoding).
+state bundle naming and its split into stage bundles, tensor encoding).
+For a pipeline job it runs the staged semantics of decision 27 on the whole
+model: each shard in its micro-batches, gradients divided by K·M, the root
+that of the pipeline state (staging itself changes no bit).
 
 This module must never call the executor's ``unit``, ``aggregate``,
 ``optim`` or ``executor`` code, nor keep any state between runs.
@@ -29,6 +32,7 @@ from consensus.batches import compute_batch_indices
 from consensus.types import Hash32, JobSpec, OptimizerSpec
 from tdml_node.work.datasets import Dataset
 from tdml_node.work.models import build_model
+from tdml_node.work.pipeline_state import encode_pipeline_state, encode_stage_states
 from tdml_node.work.profile import apply_profile, torch_dtype
 from tdml_node.work.state import encode_state
 from tdml_node.work.tensors import bundle_digest, f32_bits
@@ -94,7 +98,12 @@ def _scheduled_lr(spec: JobSpec, t: int) -> float:
 
 
 def _shard_loss(spec: JobSpec, model: nn.Module, data: Dataset, t: int, k: int, i: int) -> torch.Tensor:
-    """Forward and backward of inner step ``i`` of shard ``k`` at step ``t``; the loss."""
+    """Forward and backward of inner step ``i`` of shard ``k`` at step ``t``; the loss.
+
+    A pipeline job runs the shard in its micro-batches: each micro-batch's
+    mean loss is backpropagated in turn (the gradients add up) and the loss
+    is their float32 mean.
+    """
     indices = compute_batch_indices(
         seed=spec.seed,
         n=data.n_train,
@@ -107,10 +116,16 @@ def _shard_loss(spec: JobSpec, model: nn.Module, data: Dataset, t: int, k: int, 
     )
     x, y = data.batch(indices)
     model.zero_grad(set_to_none=True)
-    logits = model(x)
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-    torch.autograd.backward(loss)
-    return loss.detach().to(torch.float32)
+    micro = spec.pipeline.micro_batches if spec.pipeline is not None else 1
+    total: torch.Tensor | None = None
+    for xm, ym in zip(torch.chunk(x, micro), torch.chunk(y, micro), strict=True):
+        logits = model(xm)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ym.reshape(-1))
+        torch.autograd.backward(loss)
+        value = loss.detach().to(torch.float32)
+        total = value.clone() if total is None else total.add_(value)
+    assert total is not None
+    return total if micro == 1 else torch.div(total, micro)
 
 
 def _evaluate(model: nn.Module, data: Dataset) -> tuple[int, int, int]:
@@ -130,6 +145,13 @@ def _evaluate(model: nn.Module, data: Dataset) -> tuple[int, int, int]:
     if not total:
         return 0, 0, 0
     return f32_bits(total_loss / total), correct, total
+
+
+def _root(spec: JobSpec, model: nn.Module, optimizer: torch.optim.Optimizer) -> Hash32:
+    """The model root: of the state bundle, or of the pipeline state naming each stage's bundle."""
+    if spec.pipeline is None:
+        return bundle_digest(encode_state(model, optimizer))
+    return encode_pipeline_state([bundle_digest(b) for b in encode_stage_states(model, spec, optimizer)])[0]
 
 
 def run_reference(
@@ -180,18 +202,19 @@ def run_reference(
         if not local:
             for group in optimizer.param_groups:
                 group["lr"] = lr
+        divisor = n_shards * (spec.pipeline.micro_batches if spec.pipeline is not None else 1)
         for name, p in model.named_parameters():
-            p.grad = torch.div(total[name], n_shards)
+            p.grad = torch.div(total[name], divisor)
         optimizer.step()
         mean_loss = last_losses[0].clone()
         for loss in last_losses[1:]:
             mean_loss += loss
         evaluate = spec.eval_every > 0 and ((t + 1) % spec.eval_every == 0 or t + 1 == spec.steps)
         eval_loss, correct, count = _evaluate(model, data) if evaluate else (0, 0, 0)
-        root = bundle_digest(encode_state(model, optimizer))
+        root = _root(spec, model, optimizer)
         outcome = ReferenceStep(t, root, f32_bits(mean_loss / n_shards), eval_loss, correct, count)
         outcomes.append(outcome)
         if on_step is not None:
             on_step(outcome)
-    final = outcomes[-1].model_root if outcomes else bundle_digest(encode_state(model, optimizer))
+    final = outcomes[-1].model_root if outcomes else _root(spec, model, optimizer)
     return ReferenceResult(final, tuple(outcomes))

@@ -15,6 +15,8 @@ from tdml_node.work.jobs import get_job
 from tdml_node.work.models import build_model
 from tdml_node.work.pipeline_exec import aggregate_step, initial_state_blobs
 from tdml_node.work.pipeline_state import encode_stage_states
+from tdml_node.work.profile import apply_profile
+from tdml_node.work.reference import run_reference
 from tdml_node.work.stage import GRAD_PREFIX, LOSS_KEY
 from tdml_node.work.tensors import bundle_digest, decode_bundle, f32_bits, f32_from_bits
 
@@ -22,6 +24,7 @@ from tdml_node.work.tensors import bundle_digest, decode_bundle, f32_bits, f32_f
 def test_two_steps_of_stage_wise_aggregation_equal_a_plain_loop() -> None:
     base, data = get_job("digits-mlp")
     spec = dataclasses.replace(base, pipeline=PipelineSpec((0, 1, 2, 3), 2), eval_every=2, steps=2)
+    apply_profile(spec.profile)
     dataset = Dataset.decode(data, task=spec.task, seq_len=spec.seq_len, dtype=torch.float32, device=torch.device("cpu"))
     m = spec.pipeline.micro_batches
     chain_model = build_model(spec.model, seed=spec.seed, dtype=torch.float32)
@@ -60,3 +63,6 @@ def test_two_steps_of_stage_wise_aggregation_equal_a_plain_loop() -> None:
         assert out.model_root == bundle_digest(out.blobs[-1])
         stage_states = [decode_bundle(b) for b in out.blobs[:-1]]
     assert out.evaluation.total > 0 and out.evaluation.correct > 0
+    reference = run_reference(spec, data)
+    assert reference.final_root == out.model_root
+    assert reference.outcomes[-1].eval_correct == out.evaluation.correct
