@@ -19,7 +19,15 @@ from work_harness import (
 )
 
 from consensus.crypto import sha256
-from consensus.types import FAILURE_NONE, FAILURE_REPLAY, Decimal, DecimalArg, Hash32, JobSpec
+from consensus.types import (
+    FAILURE_NONE,
+    FAILURE_REPLAY,
+    Decimal,
+    DecimalArg,
+    Hash32,
+    JobSpec,
+    PipelineSpec,
+)
 from consensus.work import (
     PASSED,
     InvalidWork,
@@ -56,6 +64,9 @@ def test_initial_root_rejects_bad_specs() -> None:
     bad_opt = dataclasses.replace(spec.optimizer, params=(*spec.optimizer.params, DecimalArg("zeta", Decimal("1"))))
     with pytest.raises(InvalidWork, match="zeta"):
         ex.initial_model_root(dataclasses.replace(spec, optimizer=bad_opt))
+    # Until the chain deals out stage units, a pipeline job is refused rather than trained whole.
+    with pytest.raises(InvalidWork, match="pipeline"):
+        ex.initial_model_root(dataclasses.replace(spec, pipeline=PipelineSpec((0, 1, 2, 3), 1)))
 
 
 @pytest.mark.parametrize("make_job", [digits_job, local_job])
