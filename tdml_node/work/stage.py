@@ -16,7 +16,7 @@ which is what lets a checker replay it alone.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -77,6 +77,47 @@ def _gradient_bundle(params: Mapping[str, nn.Parameter], extra: Mapping[str, tor
     return encode_bundle(tensors)
 
 
+def _backward_over(
+    layers: Sequence[nn.Module],
+    params: Mapping[str, nn.Parameter],
+    inputs: Sequence[torch.Tensor],
+    seconds: Sequence[torch.Tensor],
+    backprop: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor | None],
+    *,
+    hands_on: bool,
+) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+    """Clear the stage's gradients, then per micro-batch: forward from a leaf input, ``backprop``, keep its gradient.
+
+    ``backprop(m, output, second)`` backpropagates micro-batch ``m`` (against
+    its targets or the gradient handed to it) and returns its loss, if any.
+    Returns the handed-on gradients and the losses, in micro-batch order.
+    """
+    for p in params.values():
+        p.grad = None
+    handed: dict[str, torch.Tensor] = {}
+    losses: list[torch.Tensor] = []
+    for m, (x, second) in enumerate(zip(inputs, seconds, strict=True)):
+        leaf = _leaf(x)
+        loss = backprop(m, _run(layers, leaf), second)
+        if loss is not None:
+            losses.append(loss)
+        if hands_on:
+            handed[f"{ACT_GRAD_PREFIX}{m}"] = _grad_of(leaf)
+    return handed, losses
+
+
+def _loss_backward(m: int, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+    torch.autograd.backward(loss)
+    return loss.detach().to(torch.float32)
+
+
+def _gradient_backward(m: int, out: torch.Tensor, g: torch.Tensor) -> None:
+    if out.shape != g.shape or out.dtype != g.dtype:
+        raise InvalidWork(f"handed gradient {m} is {tuple(g.shape)} {g.dtype}, the stage outputs {tuple(out.shape)} {out.dtype}")
+    torch.autograd.backward(out, g)
+
+
 def last_unit(
     layers: Sequence[nn.Module],
     params: Mapping[str, nn.Parameter],
@@ -86,22 +127,11 @@ def last_unit(
     hands_on: bool,
 ) -> tuple[bytes, int, bytes | None]:
     """The last stage: (result bundle with the loss, loss bits, handed-on gradient bundle or None)."""
-    for p in params.values():
-        p.grad = None
-    total: torch.Tensor | None = None
-    handed: dict[str, torch.Tensor] = {}
-    for m, (x, y) in enumerate(zip(inputs, targets, strict=True)):
-        leaf = _leaf(x)
-        logits = _run(layers, leaf)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-        torch.autograd.backward(loss)
-        if hands_on:
-            handed[f"{ACT_GRAD_PREFIX}{m}"] = _grad_of(leaf)
-        value = loss.detach().to(torch.float32)
-        total = value.clone() if total is None else total.add_(value)
-    assert total is not None
-    mean = torch.div(total, len(inputs))
-    bits = f32_bits(mean)
+    handed, losses = _backward_over(layers, params, inputs, targets, _loss_backward, hands_on=hands_on)
+    total = losses[0].clone()
+    for loss in losses[1:]:
+        total.add_(loss)
+    bits = f32_bits(torch.div(total, len(losses)))
     result = _gradient_bundle(params, {LOSS_KEY: f32_from_bits([bits])})
     return result, bits, encode_bundle(handed) if hands_on else None
 
@@ -115,17 +145,7 @@ def backward_unit(
     hands_on: bool,
 ) -> tuple[bytes, bytes | None]:
     """A backward unit: recompute each micro-batch's forward, backpropagate the handed gradient."""
-    for p in params.values():
-        p.grad = None
-    handed: dict[str, torch.Tensor] = {}
-    for m, (x, g) in enumerate(zip(inputs, gradients, strict=True)):
-        leaf = _leaf(x)
-        out = _run(layers, leaf)
-        if out.shape != g.shape or out.dtype != g.dtype:
-            raise InvalidWork(f"handed gradient {m} is {tuple(g.shape)} {g.dtype}, the stage outputs {tuple(out.shape)} {out.dtype}")
-        torch.autograd.backward(out, g)
-        if hands_on:
-            handed[f"{ACT_GRAD_PREFIX}{m}"] = _grad_of(leaf)
+    handed, _ = _backward_over(layers, params, inputs, gradients, _gradient_backward, hands_on=hands_on)
     return _gradient_bundle(params, {}), encode_bundle(handed) if hands_on else None
 
 
