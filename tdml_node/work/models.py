@@ -69,9 +69,8 @@ def layer_sequence(model: nn.Module) -> tuple[nn.Module, ...]:
 
 def layer_parameter_names(model: nn.Module) -> tuple[tuple[str, ...], ...]:
     """For each layer of the sequence, the (model) names of the parameters it uses, in model order."""
-    names = {id(p): n for n, p in model.named_parameters()}
-    return tuple(tuple(sorted((names[id(p)] for p in layer.parameters()), key=list(names.values()).index))
-                 for layer in layer_sequence(model))
+    uses = [{id(p) for p in layer.parameters()} for layer in layer_sequence(model)]
+    return tuple(tuple(n for n, p in model.named_parameters() if id(p) in ids) for ids in uses)
 
 
 # ---------------------------------------------------------------------------
