@@ -192,12 +192,7 @@ class WorkExecutor(WorkOracle, Protocol):
         ...
 
     def replay_step(self, job: WorkView, submission: WorkSubmission, inner: int) -> ReplayOutput:
-        """Replay one inner step from the submission's checkpoint before it.
-
-        For a pipeline unit (``inner`` 0) the replay runs the unit from the
-        inputs its links name and ``digest`` is ``pipeline.claimed_output``'s
-        counterpart for what it produced.
-        """
+        """Replay one inner step from the submission's checkpoint before it."""
         ...
 
     def compare_step(self, job: WorkView, submission: WorkSubmission, inner: int) -> ReplayComparison:

@@ -25,6 +25,7 @@ import torch
 from consensus.types import JobSpec, ModelSpec, OptimizerSpec, PipelineSpec
 from consensus.work import InvalidWork
 from tdml_node.work.models import build_model_on_meta, layer_sequence
+from tdml_node.work.optim import optimizer_state_keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,11 +42,8 @@ class LayerEstimate:
 
 
 def optimizer_copies(opt: OptimizerSpec) -> int:
-    """Parameter-sized tensors the optimizer keeps per parameter."""
-    if opt.name == "adamw":
-        return 2
-    momentum = next((p.value for p in opt.params if p.name == "momentum"), 0)
-    return 1 if momentum else 0
+    """Parameter-sized tensors the optimizer keeps per parameter (AdamW's scalar step count aside)."""
+    return sum(1 for key in optimizer_state_keys(opt) if key != "step")
 
 
 def sample_input(spec: ModelSpec, batch: int, seq_len: int) -> torch.Tensor:
