@@ -50,6 +50,9 @@ class SeenCache:
             self._expiry.popitem(last=False)
         return fresh
 
+    def discard(self, msg_id: bytes) -> None:
+        self._expiry.pop(msg_id, None)
+
     def contains(self, msg_id: bytes, now: float) -> bool:
         expiry = self._expiry.get(msg_id)
         return expiry is not None and expiry > now

@@ -35,3 +35,6 @@ class NetworkHandler(Protocol):
 
     def on_peer_connected(self, peer_id: PeerId) -> None:
         """A peer finished its handshake (the node may catch it up with ``send_to``)."""
+
+    def on_peer_status(self, peer_id: PeerId, height: int) -> None:
+        """A peer reported a committed height other than the one it reported before."""

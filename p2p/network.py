@@ -264,6 +264,10 @@ class P2PNetwork:
         c.enqueue(encode_frame(Gossip(payload)))
         return True
 
+    def forget(self, payload: GossipPayload) -> None:
+        """Take a payload out of the seen-cache: the node dropped it unread, and a later copy must get through."""
+        self.seen.discard(message_id(payload))
+
     def announce_status(self) -> None:
         """Tell every peer our height now (after a commit), rather than at the next status tick."""
         self._send_all(self._get_status())
@@ -477,8 +481,14 @@ class P2PNetwork:
             if self.seen.add(message_id(msg.payload), self._now()):
                 await self._on_gossip(c, msg.payload)
         elif isinstance(msg, Status):
+            moved = msg.height != c.height
             c.height = msg.height
             c.tip = msg.tip_hash
+            if moved and c.peer_key is not None:
+                try:
+                    self._node.on_peer_status(c.peer_key, msg.height)
+                except Exception:
+                    log.exception("%s: handler.on_peer_status failed", self._me)
         elif isinstance(msg, Peers):
             for addr in msg.addrs:
                 self.book.add_address(addr, SOURCE_PEX)

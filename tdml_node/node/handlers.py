@@ -129,11 +129,24 @@ class PeerHandlers:
 
         A peer that restarted has seen none of them, and gossip is not repeated.
         """
-        for signed in self.privval.replay(self.chain.state.height + 1):
-            self.network.send_to(peer_id, signed)
+        self._send_own_votes(peer_id)
         me = self.node_key
         for _, entry in self.workpool.entries():
             if entry.signed.submission.trainer == me:
                 self.network.send_to(peer_id, entry.signed)
             if me in entry.verdicts:
                 self.network.send_to(peer_id, entry.verdicts[me])
+
+    def on_peer_status(self, peer_id: bytes, height: int) -> None:
+        """Catch up a peer that has just committed our height: our signed messages of the height in progress.
+
+        It may have dropped them while it lagged further behind (the node keeps
+        only a few heights ahead), and without them a height that needs its vote
+        would never end.
+        """
+        if height == self.chain.state.height:
+            self._send_own_votes(peer_id)
+
+    def _send_own_votes(self, peer_id: bytes) -> None:
+        for signed in self.privval.replay(self.chain.state.height + 1):
+            self.network.send_to(peer_id, signed)

@@ -102,7 +102,14 @@ log = logging.getLogger("tdml.node")
 
 RETRY_SECONDS = 0.5
 MAX_NEXT_HEIGHT = 4096
-"""Peers' messages of the next height kept until this node gets there (a peer committed first)."""
+"""Peers' messages of later heights kept until this node gets there (peers committed first)."""
+HOLD_HEIGHTS_AHEAD = 16
+"""How far ahead of the height in progress a peer's message is kept. A node that lags
+(slow, or left out of quorums it was not needed for) sees later heights' proposals
+and votes before it gets there; dropping them stalls the chain as soon as the
+validator set needs this node again. Further ahead, the node syncs blocks, and a
+peer sends it that height's messages again when it reports the height
+(``PeerHandlers.on_peer_status``)."""
 
 InboxItem = ConsensusEvent | FromPeer | SyncedBlocks
 
@@ -343,12 +350,16 @@ class Node:
         return actions
 
     async def _from_peer(self, item: FromPeer) -> None:
-        height = event_height(item.event)
-        if height == self.state.height + 2:
-            # A message of the next height waits here, not in the core, so that
+        ahead = event_height(item.event) - self.state.height
+        if ahead >= 2:
+            # A message of a later height waits here, not in the core, so that
             # it is logged when the core takes it, like every other input.
-            if len(self._next_height) < MAX_NEXT_HEIGHT:
+            if ahead <= HOLD_HEIGHTS_AHEAD and len(self._next_height) < MAX_NEXT_HEIGHT:
                 self._next_height.append(item)
+            else:
+                # Dropped unread: forgotten as seen, so the copy a peer sends when
+                # this node reaches the height gets through.
+                self.network.forget(item.event.signed)
             return
         actions = await self._feed(item.event)
         rejected = [a for a in actions if isinstance(a, Rejected)]

@@ -29,6 +29,8 @@ class Network(Protocol):
 
     def send_to(self, peer_id: bytes, payload: GossipPayload) -> bool: ...
 
+    def forget(self, payload: GossipPayload) -> None: ...
+
     def penalize(self, peer_id: bytes, reason: str, severity: int) -> None: ...
 
     async def request_blob(self, digest: Hash32, timeout: float) -> bytes | None: ...
@@ -63,6 +65,9 @@ class NoNetwork:
 
     def send_to(self, peer_id: bytes, payload: GossipPayload) -> bool:
         return False
+
+    def forget(self, payload: GossipPayload) -> None:
+        return None
 
     def penalize(self, peer_id: bytes, reason: str, severity: int) -> None:
         return None

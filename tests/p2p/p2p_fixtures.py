@@ -206,6 +206,7 @@ class MemoryHandler:
     tip: Hash32 = ZERO_HASH
     received: list[tuple[GossipPayload, PublicKey]] = field(default_factory=list)
     connected: list[PublicKey] = field(default_factory=list)
+    statuses: list[tuple[PublicKey, int]] = field(default_factory=list)
     relay: bool = True
     network: object = None
 
@@ -230,6 +231,9 @@ class MemoryHandler:
 
     def on_peer_connected(self, peer_id: PublicKey) -> None:
         self.connected.append(peer_id)
+
+    def on_peer_status(self, peer_id: PublicKey, height: int) -> None:
+        self.statuses.append((peer_id, height))
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:

@@ -172,6 +172,33 @@ async def test_broadcast_excludes_the_peer_a_message_came_from(swarm: Swarm) -> 
     assert swarm.handler(b).received == []
 
 
+async def test_a_forgotten_message_gets_through_again_and_a_repeat_does_not(swarm: Swarm) -> None:
+    a = await swarm.add(1, handler=MemoryHandler(relay=False))
+    b = await swarm.add(2, bootstrap=(a.listen_addr,), handler=MemoryHandler(relay=False))
+    await wait_until(lambda: connected(a, b))
+    vote = signed_vote(4)
+    assert a.send_to(b.node_key, vote)
+    await wait_until(lambda: len(swarm.handler(b).received) == 1)
+    assert a.send_to(b.node_key, vote)  # seen: dropped by B's cache
+    b.forget(vote)  # B's node dropped it unread, so the next copy must reach it
+    assert a.send_to(b.node_key, vote)
+    await wait_until(lambda: len(swarm.handler(b).received) == 2, what="the copy sent after forget")
+    await asyncio.sleep(0.2)
+    assert swarm.handler(b).received == [(vote, a.node_key)] * 2
+
+
+async def test_a_peer_status_reaches_the_node_when_its_height_changes(swarm: Swarm) -> None:
+    tall = await swarm.add(1, handler=MemoryHandler(height=3))
+    c = await swarm.add(2, bootstrap=(tall.listen_addr,))
+    await wait_until(lambda: c.best_peer_height() == 3, what="the handshake's height")
+    await asyncio.sleep(0.5)  # statuses repeat every 0.2 s; the height the handshake gave is not news
+    assert swarm.handler(c).statuses == []
+    swarm.handler(tall).height = 4
+    await wait_until(lambda: bool(swarm.handler(c).statuses), what="the changed status")
+    await asyncio.sleep(0.5)
+    assert swarm.handler(c).statuses == [(tall.node_key, 4)]
+
+
 async def test_duplicate_connections_keep_the_one_the_smaller_key_dialled(swarm: Swarm) -> None:
     config = _with(FAST, dial_interval=60.0)
     a = await swarm.add(1, config=config)

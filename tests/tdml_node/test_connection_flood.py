@@ -188,3 +188,6 @@ class _Handler:
 
     def on_peer_connected(self, peer_id: object) -> None:
         return None
+
+    def on_peer_status(self, peer_id: object, height: int) -> None:
+        return None

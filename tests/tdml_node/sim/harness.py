@@ -350,7 +350,8 @@ class Simulation:
         loop = asyncio.get_running_loop()
         settled = max([sc.network.gst_ms, *(c.at_ms + c.down_ms for c in sc.crashes if c.restart)]) / 1000 + 1.0
         await asyncio.sleep(max(0.0, settled - loop.time()))
-        honest = [n for n in self.nodes if self._honest(n)]
+        gone = {c.node for c in sc.crashes if not c.restart}
+        honest = [n for n in self.nodes if self._honest(n) and n.index not in gone]
         goal = max(max(n.committed, default=0) for n in honest) + sc.target_height
         deadline = loop.time() + sc.termination_ms / 1000
         while loop.time() < deadline and not self.failures:

@@ -46,6 +46,10 @@ class NetworkModel:
     duplicate: float = 0.0
     partitions: list[tuple[int, int, frozenset[int]]] = field(default_factory=list)
     """(start ms, end ms, nodes cut off from the rest) — all end before GST."""
+    lagging: frozenset[int] = frozenset()
+    lag_ms: int = 3_000
+    """Before GST, messages to the ``lagging`` nodes take up to ``lag_ms`` (so arrive far out of
+    order, heights ahead of the one they are at), as they do to a node too busy to keep up."""
 
 
 class SimHub:
@@ -78,11 +82,12 @@ class SimHub:
             return False
         return not any(start <= now < end and ((a in cut) != (b in cut)) for start, end, cut in self.model.partitions)
 
-    def delay_s(self) -> float:
+    def delay_s(self, dst: int | None = None) -> float:
         model = self.model
         if self.now_ms() >= model.gst_ms:
             return self.rng.uniform(1, model.delta_ms) / 1000
-        return self.rng.uniform(1, model.max_delay_ms) / 1000
+        longest = model.lag_ms if dst in model.lagging else model.max_delay_ms
+        return self.rng.uniform(1, longest) / 1000
 
     def deliver(self, src: int, dst: int, payload: GossipPayload) -> None:
         if not self.reachable(src, dst):
@@ -93,7 +98,7 @@ class SimHub:
             return
         copies = 2 if before_gst and self.rng.random() < self.model.duplicate else 1
         for _ in range(copies):
-            asyncio.get_running_loop().call_later(self.delay_s(), self._arrive, src, dst, payload)
+            asyncio.get_running_loop().call_later(self.delay_s(dst), self._arrive, src, dst, payload)
 
     def _break(self, a: int, b: int) -> None:
         pair = (min(a, b), max(a, b))
@@ -107,6 +112,15 @@ class SimHub:
         del self.broken[pair]
         if self.reachable(*pair):
             self.reconnected(*pair)
+
+    def deliver_status(self, src: int, dst: int, height: int) -> None:
+        if self.reachable(src, dst):
+            asyncio.get_running_loop().call_later(self.delay_s(dst), self._status_arrives, src, dst, height)
+
+    def _status_arrives(self, src: int, dst: int, height: int) -> None:
+        link = self.links[dst]
+        if link.handlers is not None and self.reachable(src, dst):
+            link.handlers.on_peer_status(self.links[src].key, height)
 
     def _arrive(self, src: int, dst: int, payload: GossipPayload) -> None:
         link = self.links[dst]
@@ -164,7 +178,7 @@ class SimLink:
 
     async def request_blob(self, digest: Hash32, timeout: float) -> bytes | None:
         for peer in self._peers():
-            await asyncio.sleep(2 * self.hub.delay_s())
+            await asyncio.sleep(2 * self.hub.delay_s(self.index))
             if peer.handlers is not None and self.hub.reachable(self.index, peer.index):
                 data = peer.handlers.get_blob(digest)
                 if data is not None:
@@ -176,7 +190,7 @@ class SimLink:
         for peer in peers:
             if peer.height() < start:
                 break
-            await asyncio.sleep(2 * self.hub.delay_s())
+            await asyncio.sleep(2 * self.hub.delay_s(self.index))
             if peer.handlers is not None and self.hub.reachable(self.index, peer.index):
                 found = peer.handlers.get_blocks(start, count)
                 if found:
@@ -189,8 +203,12 @@ class SimLink:
     def best_peer_height(self) -> int:
         return max((p.height() for p in self._peers()), default=0)
 
+    def forget(self, payload: GossipPayload) -> None:
+        self._seen.discard(message_id(payload))
+
     def announce_status(self) -> None:
-        return None
+        for peer in self._peers():
+            self.hub.deliver_status(self.index, peer.index, self.height())
 
     def peer_count(self) -> int:
         return len(self._peers())

@@ -19,6 +19,7 @@ import os
 import pytest
 
 from consensus.types import SignedVote
+from tdml_node.node import node as node_module
 
 from .harness import (
     FAMILIES,
@@ -84,6 +85,29 @@ def test_a_node_whose_clock_runs_far_ahead_never_gets_its_blocks_in() -> None:
     sim.run()
     assert len(sim.proposers) >= 8
     assert sim.nodes[0].keypair.public_key not in sim.proposers.values()
+
+
+@pytest.mark.parametrize("hold_ahead", [node_module.HOLD_HEIGHTS_AHEAD, 1])
+def test_a_lagging_validator_that_becomes_needed_gets_the_height_it_missed(
+    hold_ahead: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression (seen in a real 4-node run after a slashing shrank the set): a validator left
+    heights behind by the others' quorums sees later heights' proposals and votes early. Once
+    another validator is gone, no height ends without it, so it must still have them or get them
+    again; dropping them stalled every node at the same height for good.
+
+    With a hold window of 1 nothing ahead is kept, so only the peers' catch-up (they send their
+    messages of the height again when it reports reaching it) can save the run."""
+    monkeypatch.setattr(node_module, "HOLD_HEIGHTS_AHEAD", hold_ahead)
+    for seed in range(4):
+        sc = make_scenario(seed, "calm")
+        network = dataclasses.replace(sc.network, gst_ms=5_000, lagging=frozenset({3}), lag_ms=4_000, max_delay_ms=20)
+        sc = dataclasses.replace(
+            sc, n=4, network=network, crashes=(Crash(2, 3_000, 0, restart=False),), target_height=4,
+            termination_ms=60_000,
+        )
+        result = Simulation(sc).run()
+        assert min(result["heights"][i] for i in (0, 1, 3)) >= 4, (seed, result)
 
 
 def test_honest_clocks_are_skewed_in_the_sweep() -> None:
