@@ -125,19 +125,42 @@ def test_genesis_without_nodes_warns_that_it_has_no_validators(tmp_path: Path, k
     assert "not a 0x address" in _error(["genesis", "new", "--chain-id", "x", "--client", "0x12", "--out", "g"], 2)
 
 
+def _accept_request_with(server: socket.socket, marker: bytes) -> socket.socket:
+    """The connection whose request carries ``marker``, read whole.
+
+    Other tests on this machine dial ports they found free, and one may be
+    this server's by then: interrupting the command on a stranger's connection
+    would signal it before it is waiting on the node.
+    """
+    for _ in range(20):
+        conn, _ = server.accept()
+        conn.settimeout(30)
+        received = b""
+        while marker not in received:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+        if marker in received:
+            return conn
+        conn.close()
+    raise AssertionError("the command's request never arrived")
+
+
 def test_ctrl_c_is_status_130_without_a_traceback() -> None:
+    marker = os.urandom(8).hex()
     with socket.create_server(("127.0.0.1", 0)) as server:
         server.settimeout(60)
         url = f"http://127.0.0.1:{server.getsockname()[1]}"
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tdml_node", "rpc", "--url", url, "tdml_blockNumber"],
+            [sys.executable, "-m", "tdml_node", "rpc", "--url", url, "tdml_getBlockByNumber", marker],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=dict(os.environ, PYTHONUNBUFFERED="1"),
         )
         try:
-            conn, _ = server.accept()  # the command is waiting on a node that never answers
-            with conn:
+            # The command sent its whole request and waits on a node that never answers.
+            with _accept_request_with(server, marker.encode()):
                 proc.send_signal(signal.SIGINT)
                 _, err = proc.communicate(timeout=60)
         finally:
