@@ -175,6 +175,17 @@ def claimed_output(submission: WorkSubmission) -> Hash32:
     return combined_output(submission.result_digest, links.output_gradient)
 
 
+def claimed_loss(spec: JobSpec, submission: WorkSubmission) -> int | None:
+    """The loss bits a replay of the unit must reproduce: its one loss on the last stage, else 0.
+
+    None when the submission reports a loss count its place does not have.
+    """
+    expected = 1 if has_loss(spec, submission.shard) else 0
+    if len(submission.losses) != expected:
+        return None
+    return submission.losses[0] if expected else 0
+
+
 def combined_output(result: Hash32, gradient: Hash32) -> Hash32:
     return crypto.sha256(b"TDML/stage-output/v1" + result + gradient)
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Protocol
 
-from consensus import crypto
+from consensus import crypto, pipeline
 from consensus.errors import FaultKind, ProtocolError
 from consensus.types import (
     FAILURE_MALFORMED,
@@ -428,6 +428,21 @@ def replay_tolerance(spec: JobSpec) -> float | None:
     return None if tolerance == "0" else float(tolerance)
 
 
+def claimed_replay(spec: JobSpec, submission: WorkSubmission, inner: int) -> tuple[Hash32, int | None]:
+    """What a replay of inner step ``inner`` must reproduce: a digest and loss bits (None: no loss to compare).
+
+    The result when H = 1 (for a pipeline unit, bound to the gradient it hands
+    on: ``pipeline.claimed_output``), else checkpoint ``inner``.
+    """
+    if pipeline.is_pipeline(spec):
+        return pipeline.claimed_output(submission), pipeline.claimed_loss(spec, submission)
+    if spec.inner_steps == 1:
+        digest = submission.result_digest
+    else:
+        digest = submission.checkpoint_digests[inner] if inner < len(submission.checkpoint_digests) else ZERO_HASH
+    return digest, submission.losses[inner] if inner < len(submission.losses) else None
+
+
 def check_unit(executor: WorkExecutor, job: WorkView, submission: WorkSubmission, steps: Sequence[int]) -> CheckResult:
     """The checker's procedure: parent state, then each sampled step, then the result.
 
@@ -451,8 +466,10 @@ def check_unit(executor: WorkExecutor, job: WorkView, submission: WorkSubmission
             out = executor.replay_step(job, submission, inner)
         except InvalidWork:
             return CheckResult(FAILURE_MALFORMED, -1, ZERO_HASH, 0)
-        claimed = submission.result_digest if h == 1 else submission.checkpoint_digests[inner]
-        if out.digest != claimed or out.loss != submission.losses[inner]:
+        claimed, claimed_loss = claimed_replay(job.spec, submission, inner)
+        if claimed_loss is None:
+            return CheckResult(FAILURE_MALFORMED, -1, ZERO_HASH, 0)
+        if out.digest != claimed or out.loss != claimed_loss:
             return CheckResult(FAILURE_REPLAY, inner, out.digest, out.loss)
     if h > 1:
         code = executor.check_result(job, submission)

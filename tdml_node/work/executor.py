@@ -49,6 +49,7 @@ from consensus.work import (
     WorkUnavailable,
     WorkView,
     check_unit,
+    claimed_replay,
     replay_tolerance,
 )
 from tdml_node.storage import BlobStore
@@ -62,6 +63,7 @@ from tdml_node.work.optim import (
     optimizer_lr,
     optimizer_state_keys,
 )
+from tdml_node.work.partition import check_bounds
 from tdml_node.work.profile import (
     TORCH_VERSION,
     apply_profile,
@@ -70,6 +72,7 @@ from tdml_node.work.profile import (
     receipt_for,
     torch_dtype,
 )
+from tdml_node.work.stage_work import StageWork
 from tdml_node.work.state import ModelState, encode_state, load_state, parse_state
 from tdml_node.work.tensors import bundle_digest, decode_bundle
 from tdml_node.work.tolerance import bundle_distance, loss_distance
@@ -117,11 +120,8 @@ def model_state_optimizer(spec: JobSpec) -> OptimizerSpec:
 
 def validate_spec(spec: JobSpec) -> None:
     """Raise ``InvalidWork`` for what the executor can tell about a job without its dataset."""
-    if spec.pipeline is not None:
-        # The chain does not yet deal out or link stage units (issue 8 in progress):
-        # refused here, a pipeline job would be trained as whole-model units.
-        raise InvalidWork("pipeline jobs are not supported by this node yet")
     validate_model_spec(spec.model)
+    check_bounds(spec)
     torch_dtype(spec.profile)
     optimizer_args(spec.optimizer)
     model_state_optimizer(spec)
@@ -146,8 +146,13 @@ class TorchExecutor:
         train_threads: int = 0,
         state_cache: int = 8,
         dataset_cache: int = 4,
+        pipelines: bool = False,
     ) -> None:
         self.blobs = blobs
+        # Until the chain deals out and links stage units, a node starts no pipeline
+        # job: started, it would be trained as whole-model units (issue 8 in progress).
+        self._pipelines = pipelines
+        self._stages = StageWork(blobs, self._blob)
         self._profile = profile
         # Training of tolerance jobs may use this node's own thread count (its
         # receipt says so); checks and aggregation always run the job's profile.
@@ -190,6 +195,10 @@ class TorchExecutor:
         """
         validate_spec(spec)
         model = build_model(spec.model, seed=spec.seed, dtype=torch_dtype(spec.profile))
+        if spec.pipeline is not None:
+            if not self._pipelines:
+                raise InvalidWork("pipeline jobs are not supported by this node yet")
+            return self._stages.initial_model_root(model, spec)
         data = encode_state(model)
         root = self.blobs.put(data)
         self._states.put(root, decode_bundle(data))
@@ -197,6 +206,9 @@ class TorchExecutor:
 
     def step_outcome(self, job: WorkView, results: tuple[Hash32, ...]) -> StepResult:
         spec = job.spec
+        if spec.pipeline is not None:
+            ctx = self._enter(spec)
+            return self._stages.step_outcome(ctx.model, ctx.dataset, job, results)
         if len(results) != spec.shards:
             raise InvalidWork(f"a step of this job aggregates {spec.shards} results, got {len(results)}")
         ctx = self._enter(spec)
@@ -239,10 +251,16 @@ class TorchExecutor:
             return submission.parent_model_root != job.model_root
         if verdict.failure == FAILURE_REPLAY:
             step = verdict.failed_step
-            if not 0 <= step < h or len(submission.losses) != h:
+            if not 0 <= step < h:
                 return False
-            if h > 1 and len(submission.checkpoint_digests) != h:
-                return True
+            if spec.pipeline is None:
+                if len(submission.losses) != h:
+                    return False
+                if h > 1 and len(submission.checkpoint_digests) != h:
+                    return True
+            claimed, claimed_loss = claimed_replay(spec, submission, step)
+            if claimed_loss is None:
+                return False
             # A job that cannot run at all is nobody's fraud: that InvalidWork propagates.
             self._enter(spec)
             tolerance = replay_tolerance(spec)
@@ -252,8 +270,7 @@ class TorchExecutor:
                 out = self.replay_step(job, submission, step)
             except InvalidWork:
                 return True
-            claimed = submission.result_digest if h == 1 else submission.checkpoint_digests[step]
-            return out.digest != claimed or out.loss != submission.losses[step]
+            return out.digest != claimed or out.loss != claimed_loss
         if verdict.failure == FAILURE_RESULT:
             return h > 1 and self.check_result(job, submission) != FAILURE_NONE
         if verdict.failure == FAILURE_MALFORMED:
@@ -269,6 +286,8 @@ class TorchExecutor:
 
     def train_unit(self, job: WorkView, shard: int) -> TrainedUnit:
         spec = job.spec
+        if spec.pipeline is not None:
+            raise ValueError("a pipeline job is trained unit by unit with train_stage")
         if not 0 <= shard < spec.shards:
             raise ValueError(f"shard {shard} out of range")
         ctx = self._enter(spec, training=True)
@@ -283,9 +302,17 @@ class TorchExecutor:
         digests = tuple(self.blobs.put(ck) for ck in run.checkpoints)
         return TrainedUnit(digests, self.blobs.put(run.result), run.losses, ctx.receipt)
 
+    def train_stage(self, job: WorkView, unit_index: int, inputs: tuple[Hash32, ...]) -> TrainedUnit:
+        """Pipeline unit ``unit_index`` from the accepted outputs it reads (``pipeline.expected_inputs``)."""
+        ctx = self._enter(job.spec, training=True)
+        return self._stages.train(ctx.model, ctx.dataset, ctx.receipt, job, unit_index, inputs)
+
     def replay_step(self, job: WorkView, submission: WorkSubmission, inner: int) -> ReplayOutput:
         if not 0 <= inner < job.spec.inner_steps:
             raise ValueError(f"inner step {inner} out of range")
+        if job.spec.pipeline is not None:
+            ctx = self._enter(job.spec)
+            return self._stages.replay(ctx.model, ctx.dataset, job, submission)
         produced, bits = self._replay(self._enter(job.spec), job, submission, inner)
         digest = bundle_digest(produced)
         if job.spec.inner_steps == 1 and digest == submission.result_digest:
@@ -309,6 +336,9 @@ class TorchExecutor:
         h = spec.inner_steps
         if not 0 <= inner < h:
             raise ValueError(f"inner step {inner} out of range")
+        if spec.pipeline is not None:
+            ctx = self._enter(spec)
+            return self._stages.compare(ctx.model, ctx.dataset, job, submission)
         if len(submission.losses) != h:
             raise InvalidWork(f"the submission claims {len(submission.losses)} losses, the job has {h} inner steps")
         ctx = self._enter(spec)
@@ -445,6 +475,8 @@ class TorchExecutor:
         spec = job.spec
         h = spec.inner_steps
         ctx = self._enter(spec)
+        if spec.pipeline is not None:
+            return self._stages.is_malformed(ctx.model, ctx.dataset, job, submission)
         try:
             if h == 1:
                 unit.parse_result(decode_bundle(self._blob(submission.result_digest)), ctx.model, spec)

@@ -119,6 +119,7 @@ def submission_for(job: JobState, shard: int, unit: TrainedUnit, **changes: obje
         result_digest=unit.result_digest,
         losses=unit.losses,
         receipt=unit.receipt,
+        links=unit.links,
     )
     return dataclasses.replace(sub, **changes)  # type: ignore[arg-type]
 
