@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from consensus import crypto
+from consensus import crypto, pipeline
 from consensus.errors import FaultKind, InvalidBlock
 from consensus.jobs import reassign_trainer
 from consensus.state import BlockContext, LedgerDraft, is_trainer
@@ -116,7 +116,7 @@ def _validate_unit_evidence(
     job = state.jobs.get(sub.job)
     if job is None or job.status != JOB_ACTIVE or sub.step != job.step:
         raise InvalidBlock("evidence about a unit of no step in progress")
-    if not 0 <= sub.shard < job.spec.shards:
+    if not 0 <= sub.shard < pipeline.units_per_step(job.spec):
         raise InvalidBlock("evidence about a shard the job does not have")
     if of_assigned_trainer and crypto.address_of(sub.trainer) != job.assignment[sub.shard]:
         raise InvalidBlock("evidence about a unit its trainer was not assigned")

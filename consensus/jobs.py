@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from consensus import crypto
+from consensus import crypto, pipeline
+from consensus.assignment import compute_assignment, compute_reassignment
 from consensus.errors import InvalidBlock
 from consensus.state import BlockContext, LedgerDraft, get_trainers
 from consensus.types import (
@@ -38,14 +39,13 @@ from consensus.types import (
     JobState,
     SignedVerdict,
     StepOutcome,
+    WorkSubmission,
 )
 from consensus.validators import ValidatorSet
 from consensus.work import (
     WorkOracle,
     WorkRejected,
-    compute_assignment,
     compute_checker_slots,
-    compute_reassignment,
     submission_id,
     validate_submission,
     validate_verdict,
@@ -57,21 +57,28 @@ MAX_MISSED_STREAK = 10
 def start_step(state: LedgerDraft, job: JobState, ctx: BlockContext) -> JobState:
     """The job with its current step dealt out to the eligible trainers (stalled if there are none)."""
     trainers = get_trainers(state, ctx.height)
-    k = job.spec.shards
+    spec = job.spec
+    units = pipeline.units_per_step(spec)
     if not trainers:
         return dataclasses.replace(
-            job, status=JOB_STALLED, assignment=(), deadlines=(), accepted=(), results=(), step_seed=ctx.parent_hash
+            job, status=JOB_STALLED, assignment=(), deadlines=(), accepted=(), results=(), output_gradients=(),
+            step_seed=ctx.parent_hash,
         )
-    deadline = Height(ctx.height + job.spec.verification.unit_timeout_blocks)
+    deadline = Height(ctx.height + spec.verification.unit_timeout_blocks)
+    holders = compute_assignment(ctx.parent_hash, job.job_id, job.step, pipeline.holder_slots(spec), trainers)
     return dataclasses.replace(
         job,
         status=JOB_ACTIVE,
         step_started_height=ctx.height,
         step_seed=ctx.parent_hash,
-        assignment=compute_assignment(ctx.parent_hash, job.job_id, job.step, k, trainers),
-        deadlines=(deadline,) * k,
-        accepted=(None,) * k,
-        results=(None,) * k,
+        assignment=tuple(Address(a) for a in pipeline.expand_assignment(spec, holders)),
+        # A pipeline unit's clock starts when the unit before it is accepted (``_accept``).
+        deadlines=tuple(
+            deadline if pipeline.opens_at_step_start(spec, u) else Height(pipeline.NO_DEADLINE) for u in range(units)
+        ),
+        accepted=(None,) * units,
+        results=(None,) * units,
+        output_gradients=(None,) * units if spec.pipeline is not None else (),
     )
 
 
@@ -92,8 +99,12 @@ def pay(state: LedgerDraft, job_id: Hash32, to: Address, amount: int) -> None:
 # Units and their verdicts
 
 
-def process_units(state: LedgerDraft, body: BlockBody, validators: ValidatorSet) -> None:
-    """Accept every unit the block includes, each with enough passing verdicts from its checker slots."""
+def process_units(state: LedgerDraft, body: BlockBody, validators: ValidatorSet, height: Height) -> None:
+    """Accept every unit the block includes, each with enough passing verdicts from its checker slots.
+
+    In body order, on the draft: a pipeline unit whose inputs are the outputs
+    of a unit accepted earlier in the same block is valid.
+    """
     verdicts: dict[bytes, list[SignedVerdict]] = {}
     for sv in body.verdicts:
         verdicts.setdefault(sv.verdict.submission_id, []).append(sv)
@@ -123,18 +134,27 @@ def process_units(state: LedgerDraft, body: BlockBody, validators: ValidatorSet)
         if len(signers) < slots.need:
             raise InvalidBlock(f"unit has {len(signers)} passing verdicts, needs {slots.need}")
         used.add(sid)
-        _accept(state, job, sub.shard, sid, sub.result_digest, sub.trainer, signers)
+        _accept(state, job, sub, sid, signers, height)
     if set(verdicts) - used:
         raise InvalidBlock("verdict for a submission the block does not include")
 
 
 def _accept(
-    state: LedgerDraft, job: JobState, shard: int, sid: Hash32, result: Hash32, trainer_key: bytes, signers: list[bytes]
+    state: LedgerDraft, job: JobState, sub: WorkSubmission, sid: Hash32, signers: list[bytes], height: Height
 ) -> None:
+    unit = sub.shard
     accepted, results = list(job.accepted), list(job.results)
-    accepted[shard], results[shard] = sid, result
-    state.jobs[job.job_id] = dataclasses.replace(job, accepted=tuple(accepted), results=tuple(results))
-    trainer = crypto.address_of(trainer_key)
+    accepted[unit], results[unit] = sid, sub.result_digest
+    job = dataclasses.replace(job, accepted=tuple(accepted), results=tuple(results))
+    if job.spec.pipeline is not None:
+        gradients, deadlines = list(job.output_gradients), list(job.deadlines)
+        gradients[unit] = sub.links.output_gradient if sub.links is not None else None
+        after = pipeline.successor(job.spec, unit)
+        if after is not None:
+            deadlines[after] = Height(height + job.spec.verification.unit_timeout_blocks)
+        job = dataclasses.replace(job, output_gradients=tuple(gradients), deadlines=tuple(deadlines))
+    state.jobs[job.job_id] = job
+    trainer = crypto.address_of(sub.trainer)
     rec = state.get_record(trainer)
     state.records[trainer] = dataclasses.replace(rec, units_accepted=rec.units_accepted + 1, missed_streak=0)
     pay(state, job.job_id, trainer, job.spec.reward_per_unit)
@@ -203,6 +223,7 @@ def _complete_step(state: LedgerDraft, job: JobState, outcome: StepOutcome, ctx:
         deadlines=(),
         accepted=(),
         results=(),
+        output_gradients=(),
         escrow=Amount(0),
     )
     if refund:
@@ -228,7 +249,8 @@ def _reassign(state: LedgerDraft, job: JobState, shard: int, ctx: BlockContext, 
     assignment = list(job.assignment)
     assignment[shard] = new_holder
     deadlines = list(job.deadlines)
-    deadlines[shard] = Height(ctx.height + job.spec.verification.unit_timeout_blocks)
+    if deadlines[shard] != pipeline.NO_DEADLINE:  # a unit that cannot start yet keeps waiting for its inputs
+        deadlines[shard] = Height(ctx.height + job.spec.verification.unit_timeout_blocks)
     return dataclasses.replace(job, assignment=tuple(assignment), deadlines=tuple(deadlines))
 
 
@@ -242,7 +264,7 @@ def process_deadlines(state: LedgerDraft, ctx: BlockContext) -> None:
             continue
         if job.status != JOB_ACTIVE:
             continue
-        for shard in range(job.spec.shards):
+        for shard in range(pipeline.units_per_step(job.spec)):
             if job.accepted[shard] is None and job.deadlines[shard] <= ctx.height:
                 job = _reassign(state, job, shard, ctx, timed_out=True)
                 if job.status == JOB_STALLED:
@@ -256,7 +278,7 @@ def reassign_trainer(state: LedgerDraft, trainer: Address, ctx: BlockContext) ->
         job = state.jobs[job_id]
         if job.status != JOB_ACTIVE:
             continue
-        for shard in range(job.spec.shards):
+        for shard in range(pipeline.units_per_step(job.spec)):
             if job.assignment[shard] == trainer and job.accepted[shard] is None:
                 job = _reassign(state, job, shard, ctx, timed_out=False)
                 if job.status == JOB_STALLED:

@@ -35,6 +35,9 @@ from dataclasses import dataclass
 from consensus import crypto
 from consensus.types import MAX_SHARDS, Hash32, JobSpec, WorkSubmission
 
+NO_DEADLINE = 2**63 - 1
+"""The deadline of a unit whose inputs are not accepted yet: it cannot be late before it can start."""
+
 PHASE_FORWARD = 0
 PHASE_LAST = 1
 PHASE_BACKWARD = 2
@@ -173,6 +176,32 @@ def claimed_output(submission: WorkSubmission) -> Hash32:
     if links is None or links.output_gradient is None:
         return submission.result_digest
     return combined_output(submission.result_digest, links.output_gradient)
+
+
+def holder_slots(spec: JobSpec) -> int:
+    """How many trainers a step deals to: one per (shard, stage); K without a pipeline."""
+    return spec.shards * stage_count(spec) if spec.pipeline is not None else spec.shards
+
+
+def expand_assignment(spec: JobSpec, holders: Sequence[bytes]) -> tuple[bytes, ...]:
+    """Every unit's trainer from the (shard, stage) holders: a stage's units of a shard stay with one trainer.
+
+    So a trainer fetches only its stage's state, and reuses it from the
+    forward unit to the backward one.
+    """
+    if spec.pipeline is None:
+        return tuple(holders)
+    s = stage_count(spec)
+    out = []
+    for u in range(units_per_step(spec)):
+        place = place_of(spec, u)
+        out.append(holders[place.shard * s + place.stage])
+    return tuple(out)
+
+
+def opens_at_step_start(spec: JobSpec, unit: int) -> bool:
+    """Whether the unit can be trained as soon as its step starts (it reads no other unit's output)."""
+    return spec.pipeline is None or place_of(spec, unit).position == 0
 
 
 def claimed_loss(spec: JobSpec, submission: WorkSubmission) -> int | None:

@@ -29,6 +29,7 @@ from consensus.codec import EncodeError, encode
 from consensus.errors import FaultKind, InvalidBlock, InvalidCommit, InvalidTransaction
 from consensus.evidence import process_evidence
 from consensus.jobs import process_completed_steps, process_deadlines, process_units, start_step
+from consensus.pipeline import pipeline_spec_problem
 from consensus.state import BlockContext, LedgerDraft, LedgerState, get_validator_set
 from consensus.types import (
     JOB_ACTIVE,
@@ -229,7 +230,7 @@ def apply_body(
         process_transaction(draft, ctx, tx, work)
     for ev in body.evidence:
         process_evidence(draft, ctx, ev, validators, work)
-    process_units(draft, body, validators)
+    process_units(draft, body, validators, ctx.height)
     completed = process_completed_steps(draft, ctx, None if propose else body.outcomes, work)
     process_deadlines(draft, ctx)
     return BlockResult(draft.freeze(height=ctx.height, last_validators=validators.entries), completed)
@@ -359,6 +360,9 @@ def validate_job_spec(spec: JobSpec) -> None:
         raise ValueError("loss must be cross_entropy")
     if spec.global_batch % spec.shards:
         raise ValueError("global_batch must be a multiple of shards")
+    problem = pipeline_spec_problem(spec)
+    if problem is not None:
+        raise ValueError(problem)
     if spec.task == "char_lm" and spec.seq_len < 1:
         raise ValueError("a char_lm job needs seq_len >= 1")
     if spec.verification.checked_steps > spec.inner_steps:

@@ -35,7 +35,6 @@ from consensus.types import (
     FAILURE_REPLAY,
     FAILURE_RESULT,
     ZERO_HASH,
-    Address,
     ExecutionProfile,
     Hash32,
     JobSpec,
@@ -241,47 +240,6 @@ def compute_sampled_steps(sample_signature: bytes, inner_steps: int, checked: in
     return tuple(sorted(order[:checked]))
 
 
-# ---------------------------------------------------------------------------
-# Assignment
-
-
-def compute_assignment(
-    step_seed: Hash32, job_id: Hash32, step: int, shards: int, trainers: Sequence[Address]
-) -> tuple[Address, ...]:
-    """Deal ``shards`` to ``trainers`` in an order drawn from the step seed."""
-    if not trainers:
-        return ()
-
-    def rank(addr: Address) -> bytes:
-        return hashlib.sha256(b"TDML/assign/" + step_seed + job_id + step.to_bytes(8, "big") + addr).digest()
-
-    order = sorted(trainers, key=rank)
-    return tuple(order[k % len(order)] for k in range(shards))
-
-
-def compute_reassignment(
-    assignment: tuple[Address, ...], shard: int, eligible: Sequence[Address], step_seed: Hash32
-) -> Address | None:
-    """The trainer that takes over ``shard``: fewest shards first, then by hash.
-
-    Prefers anyone but the current holder; falls back to it when it is the
-    only eligible trainer. None when nobody is eligible.
-    """
-    if not eligible:
-        return None
-    current = assignment[shard]
-    others = [a for a in eligible if a != current] or list(eligible)
-    load = {a: 0 for a in others}
-    for holder in assignment:
-        if holder in load:
-            load[holder] += 1
-
-    def key(addr: Address) -> tuple[int, bytes]:
-        return load[addr], hashlib.sha256(b"TDML/reassign/" + step_seed + shard.to_bytes(2, "big") + addr).digest()
-
-    return min(others, key=key)
-
-
 def required_checkers(spec: JobSpec, validators: ValidatorSet, trainer_key: bytes | None = None) -> int:
     """How many pass verdicts a unit needs: the policy's count, or f + 1.
 
@@ -360,7 +318,7 @@ def validate_submission(
         raise WorkRejected("submission is for another job", FaultKind.STALE)
     if sub.step != job.step:
         raise WorkRejected(f"submission is for step {sub.step}, the job is at step {job.step}", FaultKind.STALE)
-    if not 0 <= sub.shard < spec.shards:
+    if not 0 <= sub.shard < pipeline.units_per_step(spec):
         raise WorkRejected(f"shard {sub.shard} out of range", FaultKind.MALFORMED)
     if crypto.address_of(sub.trainer) != job.assignment[sub.shard]:
         raise WorkRejected(f"trainer is not assigned shard {sub.shard}", FaultKind.STALE)
@@ -371,12 +329,34 @@ def validate_submission(
     expected_checkpoints = spec.inner_steps if spec.inner_steps > 1 else 0
     if len(sub.checkpoint_digests) != expected_checkpoints:
         raise WorkRejected(f"expected {expected_checkpoints} checkpoint digests, got {len(sub.checkpoint_digests)}")
-    if len(sub.losses) != spec.inner_steps:
-        raise WorkRejected(f"expected {spec.inner_steps} losses, got {len(sub.losses)}")
+    if spec.pipeline is not None:
+        _validate_links(job, sub)
+    else:
+        if sub.links is not None:
+            raise WorkRejected("only a pipeline unit names stage links")
+        if len(sub.losses) != spec.inner_steps:
+            raise WorkRejected(f"expected {spec.inner_steps} losses, got {len(sub.losses)}")
     if spec.verification.tolerance == "0" and sub.receipt != spec.profile:
         raise WorkRejected("an exact-replay job needs units computed under the job's profile")
     if check_signature and not crypto.verify_value(sub.trainer, crypto.DOMAIN_WORK, chain_id, sub, signed.signature):
         raise WorkRejected("bad trainer signature", FaultKind.BAD_SIGNATURE)
+
+
+def _validate_links(job: JobState, sub: WorkSubmission) -> None:
+    """A pipeline unit reads exactly the accepted outputs before it and hands on a gradient where its place does."""
+    spec, unit, links = job.spec, sub.shard, sub.links
+    if links is None:
+        raise WorkRejected("a pipeline unit must name its stage links")
+    expected_losses = 1 if pipeline.has_loss(spec, unit) else 0
+    if len(sub.losses) != expected_losses:
+        raise WorkRejected(f"expected {expected_losses} losses, got {len(sub.losses)}")
+    if (links.output_gradient is not None) != pipeline.emits_gradient(spec, unit):
+        raise WorkRejected(f"unit {unit} {'must' if pipeline.emits_gradient(spec, unit) else 'cannot'} hand on a gradient")
+    inputs = pipeline.expected_inputs(spec, unit, job.results, job.output_gradients)
+    if inputs is None:
+        raise WorkRejected(f"unit {unit}'s inputs are not accepted yet", FaultKind.STALE)
+    if links.inputs != inputs:
+        raise WorkRejected(f"unit {unit} does not read the accepted outputs of the units before it")
 
 
 def validate_verdict(

@@ -101,6 +101,16 @@ class Link:
         """The peer's key as bytes, for deterministic orderings (empty before the handshake)."""
         return bytes(self.session.peer_key or b"")
 
+    def describe(self, score: float) -> dict[str, Any]:
+        """The peer as ``P2PNetwork.peers`` lists it, with its current score."""
+        return {
+            "node_id": "0x" + self.sort_key.hex(),
+            "address": self.address,
+            "direction": "outbound" if self.outbound else "inbound",
+            "height": self.height,
+            "score": score,
+        }
+
     # ------------------------------------------------------------ sending
 
     def enqueue(self, frame: bytes, *, force: bool = False) -> None:

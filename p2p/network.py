@@ -206,16 +206,7 @@ class P2PNetwork:
     def peers(self) -> list[dict[str, Any]]:
         """One entry per connected peer, by key: ``node_id`` (0x-prefixed hex), address, direction, height, score."""
         now = self._now()
-        return [
-            {
-                "node_id": "0x" + key.hex(),
-                "address": c.address,
-                "direction": "outbound" if c.outbound else "inbound",
-                "height": c.height,
-                "score": round(self.book.get_score(key, now), 1),
-            }
-            for key, c in sorted(self._peers.items())
-        ]
+        return [c.describe(round(self.book.get_score(key, now), 1)) for key, c in sorted(self._peers.items())]
 
     def banned(self) -> list[str]:
         """Node ids (hex, without 0x) banned now."""

@@ -48,7 +48,7 @@ from consensus_fixtures import (
     with_body,
 )
 
-from consensus import crypto
+from consensus import crypto, pipeline
 from consensus.state import LedgerState, get_trainers, get_validator_set
 from consensus.transition import (
     BlockContext,
@@ -77,6 +77,7 @@ from consensus.types import (
     Hash32,
     Height,
     JobState,
+    PipelineSpec,
     PublicKey,
     RegisterNode,
     Round,
@@ -85,6 +86,7 @@ from consensus.types import (
     SignedVerdict,
     SignedVote,
     SignedWorkSubmission,
+    StageLinks,
     SubmitJob,
     Transfer,
 )
@@ -948,3 +950,117 @@ def test_balance_overflow_is_an_invalid_block_not_a_crash() -> None:
     pre = genesis_state(balances=((CLIENT, 2**64 - 1), (OUTSIDER, 10)))
     tx = sign_tx(keypair(OUTSIDER), 0, Transfer(address(CLIENT), Amount(10)))
     assert_invalid(pre, with_body(build_block(pre), transactions=(tx,)), None, "overflows")
+
+
+# ---------------------------------------------------------------------------
+# Pipeline jobs: stage units dealt out, linked and accepted in chain order
+
+
+def _pipeline_spec(*, shards: int = 2, timeout: int = 3, steps: int = 2) -> Any:
+    return dataclasses.replace(
+        make_job_spec(shards=shards, timeout=timeout, steps=steps), pipeline=PipelineSpec((0, 1, 2, 3), 2)
+    )
+
+
+def _stage_unit(job: JobState, u: int, *, inputs: tuple[Hash32, ...] | None = None) -> SignedWorkSubmission:
+    """Unit ``u``'s submission, linked to the job's accepted outputs (or to ``inputs``)."""
+    spec = job.spec
+    linked = inputs if inputs is not None else pipeline.expected_inputs(spec, u, job.results, job.output_gradients)
+    assert linked is not None
+    gradient = crypto.sha256(b"act_grad/%d/%d" % (job.step, u)) if pipeline.emits_gradient(spec, u) else None
+    links = StageLinks(crypto.sha256(b"stage/%d" % pipeline.place_of(spec, u).stage), linked, gradient)
+    losses = (5,) if pipeline.has_loss(spec, u) else ()
+    return make_submission(job, u, changes={"links": links, "losses": losses})
+
+
+def _accept_in_order(state: LedgerState, job_id: Hash32, units: list[int], oracle: FakeOracle) -> LedgerState:
+    """One block with ``units`` in order, each linked to what the block accepted before it."""
+    draft_job = state.jobs[job_id]
+    subs, verdicts = [], []
+    for u in units:
+        sub = _stage_unit(draft_job, u)
+        subs.append(sub)
+        verdicts.extend(passing_verdicts(state, draft_job, sub))
+        results, gradients = list(draft_job.results), list(draft_job.output_gradients)
+        results[u], gradients[u] = sub.submission.result_digest, sub.submission.links.output_gradient  # type: ignore[union-attr]
+        draft_job = dataclasses.replace(draft_job, results=tuple(results), output_gradients=tuple(gradients))
+    outcomes = ()
+    if all(r is not None for r in draft_job.results):  # the block completes the step
+        outcomes = (make_outcome(oracle, draft_job, [r for r in draft_job.results if r is not None]),)
+    parts = BodyParts(submissions=tuple(subs), verdicts=tuple(verdicts), outcomes=outcomes)
+    return apply_block(state, build_block(state, parts, work=oracle), oracle).state
+
+
+def test_a_pipeline_step_deals_each_stage_of_a_shard_to_one_trainer_and_opens_only_the_first_units() -> None:
+    oracle = FakeOracle()
+    pre, job = state_with_job(_pipeline_spec(), oracle)
+    spec = job.spec
+    units = pipeline.units_per_step(spec)
+    assert units == 10 and len(job.assignment) == len(job.accepted) == len(job.output_gradients) == units
+    for u in range(units):
+        place = pipeline.place_of(spec, u)
+        assert job.assignment[u] == job.assignment[pipeline.unit_index(spec, place.shard, place.stage)]
+        open_now = place.position == 0
+        assert (job.deadlines[u] == Height(1 + 3)) == open_now
+        assert (job.deadlines[u] == pipeline.NO_DEADLINE) == (not open_now)
+    # Past the first deadlines only the open units move; the others wait for their inputs.
+    later = _empty_blocks(pre, 3, oracle).jobs[job.job_id]
+    moved = {u for u in range(units) if later.assignment[u] != job.assignment[u]}
+    assert moved and moved <= {pipeline.unit_index(spec, k, 0) for k in range(spec.shards)}
+    assert all(later.deadlines[u] == pipeline.NO_DEADLINE for u in range(units) if u not in moved)
+
+
+def test_pipeline_units_are_accepted_in_chain_order_in_one_block_and_open_their_successors() -> None:
+    oracle = FakeOracle()
+    pre, job = state_with_job(_pipeline_spec(), oracle)
+    post = _accept_in_order(pre, job.job_id, [0, 1], oracle)  # F_0 then F_1 of shard 0
+    after = post.jobs[job.job_id]
+    assert after.accepted[0] is not None and after.accepted[1] is not None
+    assert after.deadlines[2] == Height(post.height + 3)  # the last stage of shard 0 may now start
+    assert after.deadlines[3] == pipeline.NO_DEADLINE
+
+
+@pytest.mark.parametrize("case", ["before its input", "wrong input", "no links", "no gradient", "a loss too many"])
+def test_pipeline_link_rules_reject_the_block(case: str) -> None:
+    oracle = FakeOracle()
+    pre, job = state_with_job(_pipeline_spec(), oracle)
+    bad = {
+        "before its input": lambda: _stage_unit(job, 1, inputs=(crypto.sha256(b"unaccepted"),)),
+        "wrong input": lambda: _stage_unit(job, 0, inputs=(crypto.sha256(b"x"),)),
+        "no links": lambda: make_submission(job, 0, changes={"losses": ()}),
+        "no gradient": lambda: make_submission(
+            job, 4, changes={"links": StageLinks(crypto.sha256(b"s"), (), None), "losses": ()}
+        ),
+        "a loss too many": lambda: make_submission(
+            job, 0, changes={"links": StageLinks(crypto.sha256(b"s"), (), None), "losses": (1,)}
+        ),
+    }[case]()
+    match = {
+        "before its input": "not accepted yet",
+        "wrong input": "accepted outputs",
+        "no links": "stage links",
+        "no gradient": "inputs are not accepted yet|hand on a gradient",
+        "a loss too many": "losses",
+    }[case]
+    block = with_body(build_block(pre, work=oracle), submissions=(bad,), verdicts=passing_verdicts(pre, job, bad))
+    assert_invalid(pre, block, oracle, match)
+
+
+def test_a_whole_pipeline_step_completes_with_every_unit_result_in_unit_order() -> None:
+    oracle = FakeOracle()
+    pre, job = state_with_job(_pipeline_spec(), oracle)
+    state = pre
+    per_shard = pipeline.units_per_shard(job.spec)
+    for k in range(job.spec.shards):
+        state = _accept_in_order(state, job.job_id, list(range(k * per_shard, (k + 1) * per_shard)), oracle)
+    after = state.jobs[job.job_id]
+    assert after.step == 1 and after.status == JOB_ACTIVE
+    assert after.last_outcome is not None
+    assert after.output_gradients == (None,) * pipeline.units_per_step(job.spec)
+
+
+def test_a_pipeline_job_breaking_the_chain_rules_is_refused() -> None:
+    oracle = FakeOracle()
+    spec = dataclasses.replace(_pipeline_spec(), pipeline=PipelineSpec((0, 1, 2, 3), 3))  # 8 rows in 3 micro-batches
+    with pytest.raises(InvalidBlock, match="micro_batches"):
+        advance(genesis_state(oracle), BodyParts(transactions=(submit_job_tx(spec, oracle),)), oracle)
