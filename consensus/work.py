@@ -190,6 +190,10 @@ class WorkExecutor(WorkOracle, Protocol):
         """Run the unit (job.step, shard) from the committed model state."""
         ...
 
+    def train_stage(self, job: WorkView, unit: int, inputs: tuple[Hash32, ...]) -> TrainedUnit:
+        """(Pipeline jobs) run unit ``unit`` from its stage's committed state and the accepted outputs ``inputs``."""
+        ...
+
     def replay_step(self, job: WorkView, submission: WorkSubmission, inner: int) -> ReplayOutput:
         """Replay one inner step from the submission's checkpoint before it."""
         ...

@@ -142,7 +142,7 @@ class Job:
         view = self.view()
         if view is None:
             raise JobFailed(f"job {self.id} is not on the chain")
-        export_model(self.spec(), self.node.get_blob(view["modelRoot"]), path)
+        export_model(self.spec(), self.node.get_blob(view["modelRoot"]), path, lambda d: self.node.get_blob(d.hex()))
         model, _ = load_exported(path)
         return model
 

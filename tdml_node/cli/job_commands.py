@@ -196,5 +196,5 @@ def model_export(job_id: str, out: Path, url: str) -> None:
         raise click.ClickException(f"no job {job_id} on this chain (`tdml-node job list` shows them)")
     spec = decode_as(bytes.fromhex(client.call("tdml_getJobSpec", job_id).removeprefix("0x")), JobSpec)
     state = client.get_blob(view["modelRoot"])
-    export_model(spec, state, out)
+    export_model(spec, state, out, lambda digest: client.get_blob(digest.hex()))
     click.echo(f"wrote {out} (step {view['step']}, model root {view['modelRoot']})")

@@ -210,7 +210,7 @@ def run_devnet(
             blocks = client.call("tdml_blockNumber")
             model_root = client.call("tdml_getJob", job_id)["modelRoot"]
             out.parent.mkdir(parents=True, exist_ok=True)
-            export_model(spec, client.get_blob(model_root), out)
+            export_model(spec, client.get_blob(model_root), out, lambda d: client.get_blob(d.hex()))
         finally:
             with signals_held():
                 watcher.close(wait=False)

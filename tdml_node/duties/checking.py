@@ -70,10 +70,15 @@ class Checking:
         self.first_seen[sid] = self.ctx.clock()
 
     def prefetch(self, sub: WorkSubmission, job: JobState, validators: ValidatorSet) -> None:
-        """Fetch what this validator will read of the unit: its result, and the checkpoints if it may check it."""
+        """Fetch what this validator will read of the unit: its outputs, and its checkpoints or inputs if it may check it."""
+        links = sub.links
         wanted: list[bytes] = [sub.result_digest]
+        if links is not None and links.output_gradient is not None:
+            wanted.append(links.output_gradient)
         if self.is_designated(job, sub, validators, standin=True):
             wanted += list(sub.checkpoint_digests)
+            if links is not None:
+                wanted += [links.stage_root, *links.inputs]
         self.ctx.spawn(self._fetch(wanted), "prefetch")
 
     async def _fetch(self, digests: list[bytes]) -> None:

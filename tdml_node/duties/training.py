@@ -15,6 +15,7 @@ import logging
 import struct
 from collections.abc import Awaitable, Callable
 
+from consensus import pipeline
 from consensus.types import JOB_ACTIVE, Hash32, JobState, SignedWorkSubmission, WorkSubmission
 from consensus.work import WorkUnavailable, sign_submission, submission_id
 from tdml_node.duties.context import DutyContext
@@ -40,10 +41,12 @@ class Training:
         for job in ctx.chain.state.jobs.values():
             if job.status != JOB_ACTIVE or not ctx.executor.can_run(job.spec):
                 continue
-            for shard in range(job.spec.shards):
+            for shard in range(pipeline.units_per_step(job.spec)):
                 key = (job.job_id, job.step, shard)
                 if job.assignment[shard] != ctx.address or job.accepted[shard] is not None:
                     continue
+                if pipeline.expected_inputs(job.spec, shard, job.results, job.output_gradients) is None:
+                    continue  # a stage unit starts once the outputs it reads are accepted
                 if key in self.running or ctx.pool.unit_for(*key, ctx.address) is not None:
                     continue
                 self.running.add(key)
@@ -74,6 +77,7 @@ class Training:
                 result_digest=unit.result_digest,
                 losses=unit.losses,
                 receipt=unit.receipt,
+                links=unit.links,
             )
             sub = ctx.seams.amend(job, sub, ctx.pool.units_of_step(job.job_id, job.step))
             ctx.metrics.units_trained.inc()

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import TypeGuard
 
 from consensus import crypto
+from consensus.codec import decode_as
 from consensus.errors import LocalFault, ProtocolError
 from consensus.state import LedgerState
 from consensus.tendermint import (
@@ -66,12 +67,14 @@ from consensus.types import (
     Genesis,
     Hash32,
     Height,
+    PipelineState,
     Proposal,
     PublicKey,
     Round,
     SignedProposal,
     SignedTransaction,
     SignedVote,
+    StepOutcome,
     Vote,
 )
 from tdml_node.config import NodeConfig
@@ -447,7 +450,7 @@ class Node:
             result = parts.checker.result_for(block_hash)
         if result is None:
             result = await parts.runner.run(PRIORITY_CONSENSUS, apply_block, self.state, block, parts.executor)
-        blobs = [b for o in result.completed if (b := parts.store.get(o.model_root)) is not None]
+        blobs = [b for o in result.completed for b in _state_blobs(parts.store, result.state, o)]
         started = time.perf_counter()
         try:
             await parts.offload(parts.store.commit_block, block, cert, result.state, blobs)
@@ -497,6 +500,18 @@ class Node:
                 log.warning("a synced block at height %d is invalid: %s", block.header.height, exc)
                 return
             await self._commit(block, cert, result)
+
+
+def _state_blobs(store: ChainStore, state: LedgerState, outcome: StepOutcome) -> list[bytes]:
+    """The blobs of a step's new model state, written with the block: its root's, and a pipeline's stage bundles."""
+    data = store.get(outcome.model_root)
+    if data is None:
+        return []
+    job = state.jobs.get(outcome.job)
+    if job is None or job.spec.pipeline is None:
+        return [data]
+    stages = [store.get(root) for root in decode_as(data, PipelineState).stage_roots]
+    return [data, *(b for b in stages if b is not None)]
 
 
 def _is_logged(event: ConsensusEvent) -> TypeGuard[LoggedEvent]:

@@ -159,10 +159,17 @@ class Proposer:
         return max(0.0, min(deadlines, default=float("inf")) - waited_ms)
 
     async def _blobs_ready(self, signed: SignedWorkSubmission) -> bool:
-        """Whether the unit's result can be aggregated: a unit whose blob nobody serves stays out."""
+        """Whether the unit's outputs can be read: a unit whose blobs nobody serves stays out.
+
+        A pipeline unit's handed-on gradient too, or the unit after it could never be trained.
+        """
+        sub = signed.submission
+        wanted = [sub.result_digest]
+        if sub.links is not None and sub.links.output_gradient is not None:
+            wanted.append(sub.links.output_gradient)
         try:
             async with asyncio.timeout(BLOB_WAIT_SECONDS):
-                return await self.runner.ensure_blob(signed.submission.result_digest)
+                return all([await self.runner.ensure_blob(d) for d in wanted])
         except TimeoutError:
             return False
 

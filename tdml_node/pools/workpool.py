@@ -15,7 +15,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from consensus import crypto
+from consensus import crypto, pipeline
 from consensus.errors import FaultKind
 from consensus.state import LedgerState
 from consensus.types import (
@@ -122,7 +122,7 @@ class WorkPool:
             job = state.jobs[job_id]
             if job.status != JOB_ACTIVE:
                 continue
-            for shard in range(job.spec.shards):
+            for shard in range(pipeline.units_per_step(job.spec)):
                 if job.accepted[shard] is not None:
                     continue
                 for entry in self._entries_for(job_id, job.step, shard):
@@ -218,7 +218,7 @@ def open_unit_keys(state: LedgerState) -> set[tuple[bytes, int, int]]:
         (job.job_id, job.step, shard)
         for job in state.jobs.values()
         if job.status == JOB_ACTIVE
-        for shard in range(job.spec.shards)
+        for shard in range(pipeline.units_per_step(job.spec))
         if job.accepted[shard] is None
     }
 

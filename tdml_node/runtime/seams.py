@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+from consensus import pipeline
 from consensus.transition import BlockResult
 from consensus.types import Block, Hash32, JobState, SignedProposal, SignedVote, WorkSubmission
 from consensus.work import CheckResult, TrainedUnit, WorkExecutor, check_unit
@@ -49,7 +50,13 @@ ServeBlobFn = Callable[[Hash32, Callable[[Hash32], bytes | None]], bytes | None]
 
 
 def honest_train(executor: WorkExecutor, job: JobState, shard: int) -> TrainedUnit:
-    return executor.train_unit(job, shard)
+    """Unit ``shard`` of the step; a pipeline unit from the accepted outputs the chain links it to."""
+    if job.spec.pipeline is None:
+        return executor.train_unit(job, shard)
+    inputs = pipeline.expected_inputs(job.spec, shard, job.results, job.output_gradients)
+    if inputs is None:
+        raise ValueError(f"unit {shard}'s inputs are not accepted yet")
+    return executor.train_stage(job, shard, inputs)
 
 
 def honest_amend(job: JobState, submission: WorkSubmission, others: Sequence[WorkSubmission]) -> WorkSubmission:

@@ -24,7 +24,8 @@ class Retention:
     def record_block(self, block: Block) -> None:
         for signed in block.body.submissions:
             sub = signed.submission
-            self._by_step.setdefault((sub.job, sub.step), []).extend((sub.result_digest, *sub.checkpoint_digests))
+            handed = (sub.links.output_gradient,) if sub.links is not None and sub.links.output_gradient else ()
+            self._by_step.setdefault((sub.job, sub.step), []).extend((sub.result_digest, *sub.checkpoint_digests, *handed))
         for outcome in block.body.outcomes:
             self._by_step.setdefault((outcome.job, outcome.step + 1), []).append(outcome.model_root)
 

@@ -146,12 +146,8 @@ class TorchExecutor:
         train_threads: int = 0,
         state_cache: int = 8,
         dataset_cache: int = 4,
-        pipelines: bool = False,
     ) -> None:
         self.blobs = blobs
-        # Until the chain deals out and links stage units, a node starts no pipeline
-        # job: started, it would be trained as whole-model units (issue 8 in progress).
-        self._pipelines = pipelines
         self._stages = StageWork(blobs, self._blob)
         self._profile = profile
         # Training of tolerance jobs may use this node's own thread count (its
@@ -196,8 +192,6 @@ class TorchExecutor:
         validate_spec(spec)
         model = build_model(spec.model, seed=spec.seed, dtype=torch_dtype(spec.profile))
         if spec.pipeline is not None:
-            if not self._pipelines:
-                raise InvalidWork("pipeline jobs are not supported by this node yet")
             return self._stages.initial_model_root(model, spec)
         data = encode_state(model)
         root = self.blobs.put(data)

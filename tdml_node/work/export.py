@@ -16,23 +16,42 @@ strings only, so loading an exported model runs no code from the file.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save
 from torch import nn
 
-from consensus.types import JobSpec
+from consensus.types import Hash32, JobSpec
 from tdml_node.work import preprocess
 from tdml_node.work.models import build_model, make_model_spec, model_args
+from tdml_node.work.pipeline_state import decode_pipeline_state, join_states
 from tdml_node.work.state import PARAM_PREFIX
 from tdml_node.work.tensors import DTYPES, bundle_digest, decode_bundle, dtype_name
 
 
-def export_model(spec: JobSpec, state_bundle: bytes, path: str | Path) -> dict[str, str]:
-    """Write the parameters of a model state bundle to ``path``; the metadata written."""
-    tensors = decode_bundle(state_bundle)
+def model_state_tensors(spec: JobSpec, root_blob: bytes, fetch: Callable[[Hash32], bytes]) -> dict[str, torch.Tensor]:
+    """The whole model's state tensors from its root blob: the bundle itself, or a pipeline's stages joined."""
+    if spec.pipeline is None:
+        return decode_bundle(root_blob)
+    stages = decode_pipeline_state(root_blob, spec).stage_roots
+    return join_states([decode_bundle(fetch(root)) for root in stages])
+
+
+def export_model(
+    spec: JobSpec, state_bundle: bytes, path: str | Path, fetch: Callable[[Hash32], bytes] | None = None
+) -> dict[str, str]:
+    """Write the parameters of a model state to ``path``; the metadata written.
+
+    ``state_bundle`` is the model root's blob; a pipeline job's names its
+    stage bundles, which ``fetch`` reads.
+    """
+    if spec.pipeline is not None and fetch is None:
+        raise ValueError("a pipeline model's stage bundles need a fetch")
+    tensors = model_state_tensors(spec, state_bundle, fetch or (lambda _: b""))
     weights = {name[len(PARAM_PREFIX) :]: t for name, t in tensors.items() if name.startswith(PARAM_PREFIX)}
     if not weights:
         raise ValueError("the state bundle holds no parameters")

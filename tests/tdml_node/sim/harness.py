@@ -11,7 +11,7 @@ A scenario, drawn from one seed, fixes the validator count, the network's
 misbehaviour before GST (delays, drops, duplicates, partitions), crashes
 (a node's task is cancelled and the node reopened on the same store, as
 after kill -9) and Byzantine validators; a ``work`` family trains a small
-job from genesis on top. Invariants, checked at the end (a breach raises
+job from genesis on top (``work_pipeline``: in two pipeline stages). Invariants, checked at the end (a breach raises
 ``SimulationFailure`` naming the seed):
 
 - agreement: no two honest nodes commit different blocks at one height;
@@ -56,7 +56,7 @@ from .network import NetworkModel, SimHub, SimLink
 
 T = TypeVar("T")
 
-FAMILIES = ("calm", "lossy", "partition", "crash", "byzantine", "chaos", "work", "work_byzantine")
+FAMILIES = ("calm", "lossy", "partition", "crash", "byzantine", "chaos", "work", "work_byzantine", "work_pipeline")
 SIM_CHAIN = "tdml-sim"
 SIM_EPOCH_MS = 1_700_000_000_000
 """The wall clock nodes read (block times, timeliness) is this plus the simulated time: replayable by seed."""
@@ -117,6 +117,7 @@ class Scenario:
     crashes: tuple[Crash, ...] = ()
     byzantine: tuple[tuple[int, str], ...] = ()
     job_steps: int = 0
+    pipeline: bool = False  # the job trains its model in two stages (S = 2, two micro-batches)
     termination_ms: int = 120_000
     clock_skew_ms: tuple[int, ...] = ()  # per node; none: every clock exact
 
@@ -129,7 +130,7 @@ class Scenario:
         if self.network.partitions:
             parts.append(f"partitions={[(s, e, sorted(c)) for s, e, c in self.network.partitions]}")
         if self.job_steps:
-            parts.append(f"job={self.job_steps} steps")
+            parts.append(f"job={self.job_steps} steps" + (" in 2 stages" if self.pipeline else ""))
         if any(self.clock_skew_ms):
             parts.append(f"skews={list(self.clock_skew_ms)}ms")
         return " ".join(parts)
@@ -143,7 +144,7 @@ def make_scenario(seed: int, family: str | None = None) -> Scenario:
     work = family.startswith("work")
     gst = 0 if family == "calm" else rng.randint(2_000, 8_000)
     model = NetworkModel(gst_ms=gst)
-    if family in ("lossy", "chaos", "work"):
+    if family in ("lossy", "chaos", "work", "work_pipeline"):
         model.drop, model.duplicate = rng.uniform(0.05, 0.3), rng.uniform(0.0, 0.2)
     if family in ("partition", "chaos"):
         cut = frozenset(rng.sample(range(n), rng.randint(1, n // 2)))
@@ -152,7 +153,7 @@ def make_scenario(seed: int, family: str | None = None) -> Scenario:
     crashes: list[Crash] = []
     byzantine: list[tuple[int, str]] = []
     faulty = rng.sample(range(n), faulty_budget)
-    if family in ("crash", "chaos", "work"):
+    if family in ("crash", "chaos", "work", "work_pipeline"):
         for node in faulty:
             at = rng.randint(200, max(300, gst - 1000)) if gst else rng.randint(200, 3_000)
             crashes.append(Crash(node, at, rng.randint(100, 1_500)))
@@ -169,6 +170,7 @@ def make_scenario(seed: int, family: str | None = None) -> Scenario:
         crashes=tuple(crashes),
         byzantine=tuple(byzantine),
         job_steps=rng.randint(3, 6) if work else 0,
+        pipeline=family == "work_pipeline",
         # Its own generator, so adding skews left every other draw of a seed as it was.
         clock_skew_ms=(
             () if family == "calm"
@@ -220,7 +222,7 @@ class Simulation:
         self.hub = SimHub(self.rng, sc.network, self._spawn)
         self.hub.reconnected = self._connect
         keys = [Keypair.from_seed(sc.seed.to_bytes(16, "big") + i.to_bytes(16, "big")) for i in range(sc.n)]
-        self.genesis, self.job_id, self.dataset, self.reference_root = _genesis(keys, sc.job_steps)
+        self.genesis, self.job_id, self.dataset, self.reference_root = _genesis(keys, sc.job_steps, sc.pipeline)
         byz = dict(sc.byzantine)
         self.nodes = []
         for i, key in enumerate(keys):
@@ -421,12 +423,12 @@ def _signature_position(message: SignedProposal | SignedVote) -> tuple[bytes, tu
     return bytes(v.validator), (v.height, v.round, v.kind), encode(v)
 
 
-def _genesis(keys: list[Keypair], job_steps: int) -> tuple[Genesis, Hash32 | None, bytes | None, Hash32 | None]:
+def _genesis(keys: list[Keypair], job_steps: int, pipeline: bool) -> tuple[Genesis, Hash32 | None, bytes | None, Hash32 | None]:
     """The validators' genesis, with a small training job in it when ``job_steps`` > 0."""
     nodes = [(k.public_key, "") for k in keys]
     if not job_steps:
         return compose_genesis(SIM_CHAIN, nodes), None, None, None
-    spec, dataset, root, reference = _small_job(job_steps)
+    spec, dataset, root, reference = _small_job(job_steps, pipeline)
     client = Keypair.from_seed(b"sim-client".ljust(32, b"\x00"))
     from tdml_node.client import make_submit_job
 
@@ -434,7 +436,7 @@ def _genesis(keys: list[Keypair], job_steps: int) -> tuple[Genesis, Hash32 | Non
     return compose_genesis(SIM_CHAIN, nodes, clients=[client.public_key], transactions=(tx,)), compute_job_id(tx.tx), dataset, reference
 
 
-def _small_job(steps: int) -> tuple[Any, bytes, Hash32, Hash32]:
+def _small_job(steps: int, pipeline: bool = False) -> tuple[Any, bytes, Hash32, Hash32]:
     from tdml_node.storage import MemoryBlobStore
     from tdml_node.work.datasets import synthetic_bundle
     from tdml_node.work.executor import TorchExecutor
@@ -454,6 +456,10 @@ def _small_job(steps: int) -> tuple[Any, bytes, Hash32, Hash32]:
         eval_every=0,
     )
     spec = dataclasses.replace(spec, verification=dataclasses.replace(spec.verification, unit_timeout_blocks=4))
+    if pipeline:
+        from consensus.types import PipelineSpec
+
+        spec = dataclasses.replace(spec, pipeline=PipelineSpec((0, 1, 2), 2))
     root = TorchExecutor(MemoryBlobStore()).initial_model_root(spec)
     return spec, dataset, root, run_reference(spec, dataset).final_root
 

@@ -110,6 +110,20 @@ def test_a_lagging_validator_that_becomes_needed_gets_the_height_it_missed(
         assert min(result["heights"][i] for i in (0, 1, 3)) >= 4, (seed, result)
 
 
+# work_byzantine seeds whose faulty trainers behave, in turn: stale-parent, accuse, copy, lazy,
+# zero, replay-old, withhold, random.
+PIPELINE_BYZANTINE_SEEDS = (1, 2, 3, 4, 5, 19, 22, 29)
+
+
+@pytest.mark.parametrize("seed", PIPELINE_BYZANTINE_SEEDS)
+def test_a_pipeline_job_with_a_byzantine_trainer_ends_at_the_reference(seed: int) -> None:
+    """Stage units forged, withheld, copied or trained on a stale parent are caught like whole-model units,
+    and the job still ends at the reference's root (the harness checks it)."""
+    sc = dataclasses.replace(make_scenario(seed, "work_byzantine"), pipeline=True)
+    assert sc.byzantine
+    Simulation(sc).run()
+
+
 def test_honest_clocks_are_skewed_in_the_sweep() -> None:
     skews = [s for seed in range(1, 40) for s in make_scenario(seed).clock_skew_ms]
     assert any(skews) and max(map(abs, skews)) <= HONEST_SKEW_MS

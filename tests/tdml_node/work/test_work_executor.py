@@ -64,9 +64,8 @@ def test_initial_root_rejects_bad_specs() -> None:
     bad_opt = dataclasses.replace(spec.optimizer, params=(*spec.optimizer.params, DecimalArg("zeta", Decimal("1"))))
     with pytest.raises(InvalidWork, match="zeta"):
         ex.initial_model_root(dataclasses.replace(spec, optimizer=bad_opt))
-    # Until the chain deals out stage units, a pipeline job is refused rather than trained whole.
-    with pytest.raises(InvalidWork, match="pipeline"):
-        ex.initial_model_root(dataclasses.replace(spec, pipeline=PipelineSpec((0, 1, 2, 3), 1)))
+    with pytest.raises(InvalidWork, match="layer_bounds end at 5"):
+        ex.initial_model_root(dataclasses.replace(spec, pipeline=PipelineSpec((0, 1, 5), 1)))
 
 
 @pytest.mark.parametrize("make_job", [digits_job, local_job])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,6 +22,8 @@ from consensus.types import (
 )
 from consensus.work import InvalidWork, check_unit
 from tdml_node.work.executor import TorchExecutor
+from tdml_node.work.export import export_model, load_exported
+from tdml_node.work.models import build_model
 from tdml_node.work.reference import run_reference
 from tdml_node.work.stage import ACT_PREFIX
 from tdml_node.work.tensors import decode_bundle, encode_bundle
@@ -53,8 +56,8 @@ def _train_step(ex: TorchExecutor, job: JobState) -> list[WorkSubmission]:
 
 def test_a_pipeline_job_run_unit_by_unit_through_the_executor_ends_at_the_reference() -> None:
     spec, data = _pipeline_job()
-    ex = make_executor(data, pipelines=True)
-    checker = make_executor(data, pipelines=True)
+    ex = make_executor(data)
+    checker = make_executor(data)
     root = ex.initial_model_root(spec)
     assert checker.initial_model_root(spec) == root
     for step in range(spec.steps):
@@ -76,11 +79,11 @@ def test_a_pipeline_job_run_unit_by_unit_through_the_executor_ends_at_the_refere
 
 def test_a_stage_trainer_reads_only_its_own_stage_state() -> None:
     spec, data = _pipeline_job(steps=1)
-    ex = make_executor(data, pipelines=True)
+    ex = make_executor(data)
     root = ex.initial_model_root(spec)
     job = job_state(spec, root)
     stage_roots = [ex._stages.stage_root(job, s) for s in range(3)]
-    trainer = make_executor(data, pipelines=True)
+    trainer = make_executor(data)
     trainer.blobs.put(ex.blobs.get(root))  # type: ignore[arg-type]
     trainer.blobs.put(ex.blobs.get(stage_roots[0]))  # type: ignore[arg-type]
     unit = trainer.train_stage(job, 0, ())  # F_0 of shard 0
@@ -90,7 +93,7 @@ def test_a_stage_trainer_reads_only_its_own_stage_state() -> None:
 
 def _one_step(micro: int = 2) -> tuple[TorchExecutor, JobState, list[WorkSubmission]]:
     spec, data = _pipeline_job(micro, steps=1)
-    ex = make_executor(data, pipelines=True)
+    ex = make_executor(data)
     job = job_state(spec, ex.initial_model_root(spec))
     return ex, job, _train_step(ex, job)
 
@@ -130,14 +133,24 @@ def test_a_unit_on_the_wrong_stage_state_or_unreadable_inputs_is_malformed() -> 
     assert not ex.recheck(job, backward, verdict_for(backward, check_unit(ex, job, sub, (0,)), (0,)))
 
 
-def test_a_node_without_stage_scheduling_refuses_to_start_a_pipeline_job() -> None:
+def test_a_pipeline_job_with_bounds_off_the_model_or_trained_whole_is_refused() -> None:
     spec, data = _pipeline_job()
-    with pytest.raises(InvalidWork, match="pipeline jobs are not supported"):
-        make_executor(data).initial_model_root(spec)
     with pytest.raises(InvalidWork, match="layer"):
-        make_executor(data, pipelines=True).initial_model_root(
-            dataclasses.replace(spec, pipeline=PipelineSpec((0, 1, 2), 1))
-        )
-    ex = make_executor(data, pipelines=True)
+        make_executor(data).initial_model_root(dataclasses.replace(spec, pipeline=PipelineSpec((0, 1, 2), 1)))
+    ex = make_executor(data)
     with pytest.raises(ValueError, match="train_stage"):
         ex.train_unit(job_state(spec, ex.initial_model_root(spec)), 0)
+
+
+def test_a_pipeline_model_exports_whole_from_its_stage_bundles(tmp_path: Path) -> None:
+    spec, data = _pipeline_job(steps=1)
+    ex = make_executor(data)
+    root = ex.initial_model_root(spec)
+    path = tmp_path / "model.safetensors"
+    with pytest.raises(ValueError, match="fetch"):
+        export_model(spec, ex.blobs.get(root), path)  # type: ignore[arg-type]
+    meta = export_model(spec, ex.blobs.get(root), path, ex._blob)  # type: ignore[arg-type]
+    assert meta["model_root"] == root.hex()
+    model, _ = load_exported(path)
+    expected = build_model(spec.model, seed=spec.seed, dtype=torch.float32)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), expected.state_dict().values(), strict=True))
