@@ -16,7 +16,7 @@ from rich.console import Console
 @click.option("--nodes", type=click.IntRange(1, 16), default=4, show_default=True, help="Node processes to start.")
 @click.option("--steps", type=click.IntRange(1), help="Override the job's number of training steps.")
 @click.option("--job", "job_name", default="digits-mlp", show_default=True, help="Job preset (see `tdml-node job presets`).")
-@click.option("--text", "text_path", type=click.Path(exists=True, path_type=Path), help="Text file for the chars-transformer job.")
+@click.option("--text", "text_path", type=click.Path(exists=True, path_type=Path), help="Text file for the chars-transformer presets.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("devnet-model.safetensors"), show_default=True, help="Where to export the trained model.")
 @click.option("--dir", "data_dir", type=click.Path(path_type=Path), help="Keep node homes here (default: a temporary directory).")
 @click.option("--logs", "logs_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("devnet-logs"), show_default=True, help="Where the node logs go (one per node, kept after the run; the previous run's are replaced).")

@@ -26,7 +26,7 @@ from tdml_node.cli.options import (
 )
 
 JOB_HELP = "Job preset (see `tdml-node job presets`)."
-TEXT_HELP = "Text file (chars-transformer)."
+TEXT_HELP = "Text file (the chars-transformer presets)."
 SPEC_HELP = "Job spec file (TOML; `tdml-node job presets NAME` prints one to start from)."
 DATA_HELP = "Your data for --spec: .npz (x, y[, x_test, y_test]), .csv (label column named in the spec) or text."
 

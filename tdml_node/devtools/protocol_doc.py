@@ -45,13 +45,14 @@ from consensus.types import (
     JobSpec,
     ModelSpec,
     OptimizerSpec,
+    PipelineSpec,
     Preprocessing,
     ScheduleSpec,
     VerificationPolicy,
 )
 from tdml_node.work.datasets import digits_bundle, synthetic_bundle
 from tdml_node.work.executor import model_state_optimizer
-from tdml_node.work.jobs import get_job, job_names
+from tdml_node.work.jobs import get_job, job_names, text_presets
 from tdml_node.work.models import (
     MAX_PARAMETERS,
     build_model,
@@ -94,8 +95,8 @@ def _presets() -> tuple[_Preset, ...]:
     datasets = {bundle_digest(data): name for name, data in _datasets().items()}
     out = []
     for name in job_names():
-        if name == CHARS_PRESET:
-            spec = _chars_spec(_SAMPLE_TEXTS[0])
+        if name in text_presets():
+            spec = text_presets()[name](_SAMPLE_TEXTS[0])[0]
             out.append(_Preset(name, spec, "corpus"))
             continue
         spec, data = get_job(name)
@@ -133,7 +134,7 @@ def render_models(presets: Sequence[_Preset]) -> str:
     lines: list[str] = []
     for model, members in groups.items():
         first = members[0]
-        symbolic = _symbolic_dims() if first.name == CHARS_PRESET else {}
+        symbolic = _symbolic_dims() if first.name in text_presets() else {}
         names = ", ".join(f"`{p.name}`" for p in members)
         lines += [f"#### `{_model_text(model, first.name)}` ({names})", ""]
         net = build_model(model, seed=first.spec.seed, dtype=torch_dtype(first.spec.profile))
@@ -255,6 +256,8 @@ def _value_text(value: Any) -> str:
     if isinstance(value, VerificationPolicy):
         items = ", ".join(f"{f.name}={_arg_text(getattr(value, f.name))}" for f in dataclasses.fields(value))
         return f"`{items}`"
+    if isinstance(value, PipelineSpec):
+        return f"`layer_bounds={list(value.layer_bounds)}, micro_batches={value.micro_batches}`"
     if isinstance(value, str):
         return f"`{value}`"
     if isinstance(value, int):
@@ -268,7 +271,7 @@ def _opt_args(spec: OptimizerSpec) -> dict[str, str]:
 
 def _model_text(model: ModelSpec, preset: str) -> str:
     args: dict[str, Any] = dict(model_args(model))
-    if preset == CHARS_PRESET:
+    if preset in text_presets():
         args["vocab"] = "V"
     return _call_text(model.name, args)
 

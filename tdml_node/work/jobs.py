@@ -5,7 +5,10 @@
 steps). ``digits-mlp-local`` does the same amount of work as local SGD
 (H = 4 inner steps, 75 outer steps, Nesterov outer SGD). ``digits-cnn`` and
 ``synthetic-mlp`` vary the model and the data; ``chars-transformer`` trains a
-small character-level transformer on a text file. ``digits-mlp-xprofile`` is
+small character-level transformer on a text file. ``digits-mlp-pipeline``
+(MLP 64-128-128-128-10, one layer per stage, 4 micro-batches, 100 steps) and
+``chars-transformer-pipeline`` (embeddings, each block, head: 4 stages) train
+their models in pipeline stages. ``digits-mlp-xprofile`` is
 ``digits-mlp`` verified with the calibrated tolerance ``XPROFILE_TOLERANCE``
 instead of bit for bit, so trainers with another execution profile (another
 thread count) can take its units.
@@ -35,6 +38,7 @@ from consensus.types import (
     JobSpec,
     ModelSpec,
     OptimizerSpec,
+    PipelineSpec,
     Preprocessing,
     ScheduleSpec,
     VerificationPolicy,
@@ -89,6 +93,7 @@ def make_job(
     eval_every: int = 10,
     verification: VerificationPolicy = EXACT,
     preprocessing: Preprocessing | None = None,
+    pipeline: PipelineSpec | None = None,
 ) -> JobSpec:
     """A job spec with the presets' defaults (local profile, exact verification, rewards 10 and 2)."""
     return JobSpec(
@@ -112,6 +117,7 @@ def make_job(
         reward_per_unit=Amount(10),
         reward_per_verdict=Amount(2),
         preprocessing=preprocessing,
+        pipeline=pipeline,
     )
 
 
@@ -162,6 +168,20 @@ def _digits_mlp_local(text_path: Path | None) -> tuple[JobSpec, bytes]:
     ), data
 
 
+def _digits_mlp_pipeline(text_path: Path | None) -> tuple[JobSpec, bytes]:
+    data = _digits()
+    return make_job(
+        "digits-mlp-pipeline",
+        dataset=data,
+        preprocessing=_digits_pre(),
+        model=make_model_spec("mlp", in_dim=64, hidden=128, layers=3, classes=10),
+        optimizer=optimizer_spec("sgd", lr="0.05", momentum="0.9"),
+        pipeline=PipelineSpec((0, 1, 2, 3, 4), 4),
+        steps=100,
+        eval_every=20,
+    ), data
+
+
 def _digits_cnn(text_path: Path | None) -> tuple[JobSpec, bytes]:
     data = _digits()
     return make_job(
@@ -190,6 +210,18 @@ def _chars_transformer(text_path: Path | None) -> tuple[JobSpec, bytes]:
     return chars_transformer(Path(text_path).read_text(encoding="utf-8"))
 
 
+def _chars_transformer_pipeline(text_path: Path | None) -> tuple[JobSpec, bytes]:
+    if text_path is None:
+        raise ValueError("the chars-transformer-pipeline job needs a text file (text_path)")
+    return chars_transformer_pipeline(Path(text_path).read_text(encoding="utf-8"))
+
+
+def chars_transformer_pipeline(text: str) -> tuple[JobSpec, bytes]:
+    """``chars-transformer`` in four stages: the embeddings, each of the two blocks, then ln_f and the head."""
+    spec, data = chars_transformer(text)
+    return dataclasses.replace(spec, name="chars-transformer-pipeline", pipeline=PipelineSpec((0, 1, 2, 3, 4), 2)), data
+
+
 def chars_transformer(text: str) -> tuple[JobSpec, bytes]:
     """The ``chars-transformer`` preset on the given text (its vocabulary sets the model's ``vocab``)."""
     data = char_corpus_bundle(text, CHARS_TEST_FRACTION)
@@ -212,10 +244,17 @@ _PRESETS: dict[str, Callable[[Path | None], tuple[JobSpec, bytes]]] = {
     "digits-mlp": _digits_mlp,
     "digits-mlp-xprofile": _digits_mlp_xprofile,
     "digits-mlp-local": _digits_mlp_local,
+    "digits-mlp-pipeline": _digits_mlp_pipeline,
     "digits-cnn": _digits_cnn,
     "synthetic-mlp": _synthetic_mlp,
     "chars-transformer": _chars_transformer,
+    "chars-transformer-pipeline": _chars_transformer_pipeline,
 }
+
+
+def text_presets() -> dict[str, Callable[[str], tuple[JobSpec, bytes]]]:
+    """The presets whose dataset is a text file the user gives, by name."""
+    return {"chars-transformer": chars_transformer, "chars-transformer-pipeline": chars_transformer_pipeline}
 
 
 def job_names() -> tuple[str, ...]:

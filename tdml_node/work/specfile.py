@@ -33,6 +33,7 @@ from consensus.types import (
     Hash32,
     JobSpec,
     OptimizerSpec,
+    PipelineSpec,
     Preprocessing,
     ScheduleSpec,
     VerificationPolicy,
@@ -41,6 +42,7 @@ from consensus.work import InvalidWork
 from tdml_node.work import preprocess
 from tdml_node.work.models import make_model_spec, registry_names, validate_model_spec
 from tdml_node.work.optim import optimizer_args
+from tdml_node.work.partition import make_pipeline
 from tdml_node.work.profile import local_profile
 
 
@@ -79,7 +81,7 @@ class SpecFile:
 _TOP = {
     "name", "task", "steps", "seed", "global_batch", "shards", "inner_steps", "stages", "eval_every",
     "seq_len", "reward_per_unit", "reward_per_verdict", "dataset",
-    "model", "optimizer", "outer_optimizer", "schedule", "verification", "profile", "data", "preprocessing",
+    "model", "optimizer", "outer_optimizer", "schedule", "verification", "profile", "data", "preprocessing", "pipeline",
 }
 _REQUIRED = ("name", "steps", "global_batch", "shards", "model", "optimizer")
 _DEFAULT_VERIFICATION = {"checked_steps": 1, "checkers_per_unit": 0, "tolerance": "0", "unit_timeout_blocks": 5}
@@ -108,9 +110,6 @@ def parse_spec(text: str) -> SpecFile:
     for key in _REQUIRED:
         if key not in doc:
             raise SpecFileError(f"missing field {key!r}")
-    stages = _int(doc, "stages", 1)
-    if stages != 1:
-        raise SpecFileError(f"stages = {stages}: this chain trains a job in one stage; only stages = 1 is accepted")
     inner_steps = _int(doc, "inner_steps", 1)
     model_table = _table(doc, "model")
     args = model_table.get("args")
@@ -140,6 +139,7 @@ def parse_spec(text: str) -> SpecFile:
         reward_per_verdict=Amount(_int(doc, "reward_per_verdict", 2)),
         preprocessing=_preprocessing(doc["preprocessing"]) if "preprocessing" in doc else None,
     )
+    spec = dataclasses.replace(spec, pipeline=_pipeline(doc, spec))
     data = _data(_table(doc, "data") if "data" in doc else {})
     if data.standardize and spec.preprocessing is not None:
         raise SpecFileError("data.standardize fits the preprocessing; a [preprocessing] table records one: give one")
@@ -295,6 +295,38 @@ def _preprocessing(value: Any) -> Preprocessing:
         raise SpecFileError(f"preprocessing: {exc}") from exc
 
 
+def _pipeline(doc: Mapping[str, Any], spec: JobSpec) -> PipelineSpec | None:
+    """``stages`` and the ``[pipeline]`` table: explicit layer bounds, or a split by the per-layer memory estimate.
+
+    ``stages = S`` alone splits the layers into S stages with the smallest
+    largest stage; ``[pipeline] memory_budget_mb`` instead takes the fewest
+    stages each of which fits the budget; ``layer_bounds`` fixes the split.
+    """
+    stages = _int(doc, "stages", 1)
+    table = _table(doc, "pipeline") if "pipeline" in doc else {}
+    _known(table, {"micro_batches", "layer_bounds", "memory_budget_mb"}, "pipeline")
+    if stages < 1:
+        raise SpecFileError("stages must be at least 1")
+    if not table and stages == 1:
+        return None
+    micro = _int(table, "micro_batches", 1, "pipeline.")
+    bounds = table.get("layer_bounds")
+    if bounds is not None and (not isinstance(bounds, list) or not all(isinstance(b, int) for b in bounds)):
+        raise SpecFileError("pipeline.layer_bounds must be a list of integers")
+    budget = _int(table, "memory_budget_mb", 0, "pipeline.") if "memory_budget_mb" in table else None
+    if bounds is not None and "stages" in doc and len(bounds) - 1 != stages:
+        raise SpecFileError(f"pipeline.layer_bounds name {len(bounds) - 1} stages, stages = {stages}")
+    chosen = {
+        "layer_bounds": tuple(bounds) if bounds is not None else None,
+        "memory_budget": budget * 2**20 if budget is not None else None,
+        "stages": stages if bounds is None and budget is None else None,
+    }
+    try:
+        return make_pipeline(spec, micro_batches=micro, **chosen)  # type: ignore[arg-type]
+    except InvalidWork as exc:
+        raise SpecFileError(f"pipeline: {exc}") from exc
+
+
 def _data(table: dict[str, Any]) -> DataOptions:
     defaults = DataOptions()
     _known(table, {f.name for f in dataclasses.fields(DataOptions)}, "data")
@@ -334,7 +366,7 @@ def spec_to_toml(spec: JobSpec, data: DataOptions | None = None, *, vocab_from_d
         f"global_batch = {spec.global_batch}",
         f"shards = {spec.shards}",
         f"inner_steps = {spec.inner_steps}",
-        "stages = 1",
+        f"stages = {len(spec.pipeline.layer_bounds) - 1 if spec.pipeline is not None else 1}",
         f"eval_every = {spec.eval_every}",
         f"seq_len = {spec.seq_len}",
         f"reward_per_unit = {spec.reward_per_unit}",
@@ -357,6 +389,9 @@ def spec_to_toml(spec: JobSpec, data: DataOptions | None = None, *, vocab_from_d
         f"deterministic = {'true' if p.deterministic else 'false'}", f"device = {_quote(p.device)}",
         f"torch_version = {_quote(p.torch_version)}",
     ]
+    if spec.pipeline is not None:
+        bounds = ", ".join(str(b) for b in spec.pipeline.layer_bounds)
+        lines += ["", "[pipeline]", f"micro_batches = {spec.pipeline.micro_batches}", f"layer_bounds = [{bounds}]"]
     if spec.preprocessing is not None and not (data is not None and data.standardize):
         mean, scale = preprocess.statistics(spec.preprocessing)
         lines += [
@@ -378,12 +413,13 @@ def _quote(text: str) -> str:
 
 
 def preset_file(name: str) -> str:
-    """A preset as a spec file; the ``chars-transformer``'s leaves its dataset and ``vocab`` to the text file."""
-    from tdml_node.work.jobs import CHARS_TEST_FRACTION, chars_transformer, preset_spec
+    """A preset as a spec file; a text preset's leaves its dataset and ``vocab`` to the text file."""
+    from tdml_node.work.jobs import CHARS_TEST_FRACTION, preset_spec, text_presets
 
-    if name == "chars-transformer":
-        spec, _ = chars_transformer("a sample")
+    from_text = text_presets().get(name)
+    if from_text is not None:
+        spec, _ = from_text("a sample")
         return spec_to_toml(spec, DataOptions(test_fraction=CHARS_TEST_FRACTION), vocab_from_data=True)
     found = preset_spec(name)
-    assert found is not None, "only the chars-transformer preset needs a text file"
+    assert found is not None, "only the text presets need a text file"
     return spec_to_toml(found)

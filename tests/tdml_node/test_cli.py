@@ -53,10 +53,12 @@ def test_job_presets_prints_each_presets_whole_spec_as_a_spec_file() -> None:
     one = _ok(["job", "presets", "digits-mlp"])
     assert "=====" not in one and parse_spec(one).spec == get_job("digits-mlp")[0]
     assert 'lr = "0.05"' in one and "global_batch = 256" in one
-    chars = parse_spec(out.split("# ===== chars-transformer =====\n", 1)[1])
+    chars = parse_spec(out.split("# ===== chars-transformer =====\n", 1)[1].split("# =====", 1)[0])
     assert chars.vocab_from_data and chars.spec.model.name == "char_transformer"
-    assert _ok(["job", "presets", "--names"]).split() == ["digits-mlp", "digits-mlp-xprofile", "digits-mlp-local",
-                                                        "digits-cnn", "synthetic-mlp", "chars-transformer"]
+    assert _ok(["job", "presets", "--names"]).split() == [
+        "digits-mlp", "digits-mlp-xprofile", "digits-mlp-local", "digits-mlp-pipeline", "digits-cnn", "synthetic-mlp",
+        "chars-transformer", "chars-transformer-pipeline",
+    ]
     unknown = CliRunner().invoke(main, ["job", "presets", "nope"])
     assert unknown.exit_code != 0 and "unknown preset 'nope'" in unknown.output
 
