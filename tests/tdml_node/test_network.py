@@ -161,7 +161,7 @@ def test_a_stopped_node_catches_up_and_a_killed_validator_never_double_signs(tmp
             devnet.stop(victim, kill=True)
             devnet.start(victim)
             devnet.wait_ready()
-        view = _wait(lambda: _job_done(client, job_id), 480, "the job to finish")
+        view = _wait(lambda: _job_done(client, job_id), 900, "the job to finish")  # a bound, not a figure: 2 busy cores
         height = client.call("tdml_blockNumber")
         blocks = [client.call("tdml_getBlockByNumber", h, True) for h in range(1, height + 1)]
         records = [client.call("tdml_getTrainer", "0x" + n.keypair.address.hex()) for n in devnet.nodes]
