@@ -169,13 +169,11 @@ def _digits_mlp_local(text_path: Path | None) -> tuple[JobSpec, bytes]:
 
 
 def _digits_mlp_pipeline(text_path: Path | None) -> tuple[JobSpec, bytes]:
-    data = _digits()
-    return make_job(
-        "digits-mlp-pipeline",
-        dataset=data,
-        preprocessing=_digits_pre(),
+    spec, data = _digits_mlp(text_path)
+    return dataclasses.replace(
+        spec,
+        name="digits-mlp-pipeline",
         model=make_model_spec("mlp", in_dim=64, hidden=128, layers=3, classes=10),
-        optimizer=optimizer_spec("sgd", lr="0.05", momentum="0.9"),
         pipeline=PipelineSpec((0, 1, 2, 3, 4), 4),
         steps=100,
         eval_every=20,
