@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 
+from consensus import pipeline
 from consensus.crypto import address_of
 from consensus.types import (
     JOB_ACTIVE,
@@ -127,12 +128,20 @@ class Duties:
         await self.on_verdict(signed, origin=None)
 
     def _is_early(self, sub: WorkSubmission) -> bool:
-        """A unit of a job or step this node has not reached yet (its block is still on the way)."""
+        """A unit of a job, step or stage this node has not reached yet (its block is still on the way).
+
+        A stage unit starts once the block accepting its inputs commits at its
+        trainer, which may be before that block commits here.
+        """
         job = self.ctx.chain.state.jobs.get(sub.job)
         if job is None:
             return True
         if job.status != JOB_ACTIVE or not 0 <= sub.shard < len(job.assignment):
             return False
-        return sub.step > job.step or (
-            sub.step == job.step and job.assignment[sub.shard] != address_of(sub.trainer)
+        if sub.step != job.step:
+            return sub.step > job.step
+        if job.assignment[sub.shard] != address_of(sub.trainer):
+            return True
+        return job.accepted[sub.shard] is None and (
+            pipeline.expected_inputs(job.spec, sub.shard, job.results, job.output_gradients) is None
         )

@@ -463,7 +463,8 @@ class Node:
         parts.checker.forget_all()
         parts.hold.prune(state.height)
         parts.mempool.prune(state)
-        parts.workpool.prune(state)
+        for dropped in parts.workpool.prune(state):
+            self.network.forget(dropped)
         parts.duties.prune()
         parts.retention.record_block(block)
         expired = parts.retention.expired(state)

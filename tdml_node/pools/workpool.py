@@ -169,8 +169,16 @@ class WorkPool:
             chosen.append(ev)
         return tuple(chosen)
 
-    def prune(self, state: LedgerState) -> None:
-        """Forget units of finished steps or moved shards, and evidence that no longer applies."""
+    def prune(self, state: LedgerState) -> list[SignedWorkSubmission | SignedVerdict]:
+        """Forget units of finished steps or moved shards, and evidence that no longer applies.
+
+        Returns the units and verdicts dropped, for the network to forget as
+        well: a unit can be dealt again to the trainer that held it (its step
+        restarted, or its shard came back), which then signs the same bytes
+        again, and every peer must let that copy through rather than drop it
+        as already seen.
+        """
+        dropped: list[SignedWorkSubmission | SignedVerdict] = []
         for sid, entry in list(self.units.items()):
             s = entry.signed.submission
             job = state.jobs.get(s.job)
@@ -182,6 +190,7 @@ class WorkPool:
                 or job.assignment[s.shard] != crypto.address_of(s.trainer)
             ):
                 del self.units[sid]
+                dropped += [entry.signed, *entry.verdicts.values()]
         for digest, ev in list(self.evidence.items()):
             if state.get_account(_offender(ev)).slashed or _is_stale(ev, state):
                 del self.evidence[digest]
@@ -189,6 +198,7 @@ class WorkPool:
             job = state.jobs.get(signed.submission.job)
             if job is not None and (job.status != JOB_ACTIVE or signed.submission.step < job.step):
                 del self.early_units[sid]
+        return dropped
 
     # Gossip can arrive before the block that makes it valid (a unit of a step
     # this node has not committed yet, a verdict on a unit it has not seen).

@@ -419,3 +419,21 @@ async def test_a_verdict_before_its_unit_waits_and_is_taken_after_the_next_commi
     assert verdict in h.sent(SignedVerdict)
     assert checker.public_key in h.pool.get(submission_id(unit.submission)).verdicts  # type: ignore[union-attr]
 
+
+
+async def test_a_unit_whose_shard_moves_away_is_handed_back_to_be_forgotten_with_its_verdicts() -> None:
+    """The shard may come back to the same trainer, which signs the same bytes again: the node must
+    take the unit and its verdicts out of the network's seen-cache, or every peer drops the copy."""
+    h = make_harness(KEYS[0], seams=_checking(PASSED))
+    unit = h.unit_by(KEYS[1])
+    checker = next(k for k in KEYS if k.public_key in h.slots_of(unit)[0])
+    verdict = h.verdict_by(checker, unit)
+    h.pool.add_submission(CHAIN, unit, h.chain.state)
+    h.pool.add_verdict(CHAIN, verdict, h.chain.state, h.chain.validators())
+    assert h.pool.prune(h.chain.state) == []  # still wanted: nothing to forget
+    job, shard = h.job, h.shard_of(KEYS[1])
+    moved = list(job.assignment)
+    moved[shard] = KEYS[2].address
+    h.chain.state = dataclasses.replace(h.chain.state, jobs={job.job_id: dataclasses.replace(job, assignment=tuple(moved))})
+    assert h.pool.prune(h.chain.state) == [unit, verdict]
+    assert not h.pool.units

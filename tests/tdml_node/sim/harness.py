@@ -224,6 +224,7 @@ class Simulation:
         keys = [Keypair.from_seed(sc.seed.to_bytes(16, "big") + i.to_bytes(16, "big")) for i in range(sc.n)]
         self.genesis, self.job_id, self.dataset, self.reference_root = _genesis(keys, sc.job_steps, sc.pipeline)
         byz = dict(sc.byzantine)
+        reassigned: list[int] = []
         self.nodes = []
         for i, key in enumerate(keys):
             seams = HONEST
@@ -238,6 +239,9 @@ class Simulation:
             for _, end, cut in sc.network.partitions:
                 asyncio.get_running_loop().call_at(end / 1000, self._heal, cut)
             await self._until_done()
+            state = next((n.node.state for n in self.nodes if n.node is not None and self._honest(n)), None)
+            if state is not None:
+                reassigned = [state.get_record(n.keypair.address).units_reassigned for n in self.nodes]
         except Deadlock as exc:
             self._fail(f"deadlock: {exc}")
         finally:
@@ -251,6 +255,7 @@ class Simulation:
             "heights": [max(n.committed, default=0) for n in self.nodes],
             "restarts": sum(n.restarts for n in self.nodes),
             "signed": len(self.hub.signed),
+            "units_reassigned": reassigned,  # by node, in the committed work records at the end
         }
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
