@@ -223,13 +223,19 @@ class WorkPool:
 
 
 def open_unit_keys(state: LedgerState) -> set[tuple[bytes, int, int]]:
-    """(job, step, shard) of every unit a step in progress still needs."""
+    """(job, step, shard) of every unit a step in progress still needs and can be trained now.
+
+    A stage unit whose inputs are not accepted yet is not open: a proposer
+    waiting for it as well as for the units of the phase in progress would
+    wait out its whole patience at every phase.
+    """
     return {
         (job.job_id, job.step, shard)
         for job in state.jobs.values()
         if job.status == JOB_ACTIVE
         for shard in range(pipeline.units_per_step(job.spec))
         if job.accepted[shard] is None
+        and pipeline.expected_inputs(job.spec, shard, job.results, job.output_gradients) is not None
     }
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from sim.harness import InlineWorker
 
-from consensus import crypto
+from consensus import crypto, pipeline
 from consensus.crypto import Keypair
 from consensus.state import LedgerState, get_validator_set
 from consensus.transition import make_genesis_state
@@ -55,7 +55,7 @@ from tdml_node.client import make_submit_job
 from tdml_node.duties import Duties, DutyContext
 from tdml_node.genesis import compose_genesis
 from tdml_node.metrics import NodeMetrics
-from tdml_node.pools import WorkPool
+from tdml_node.pools import WorkPool, open_unit_keys
 from tdml_node.runtime.netlink import BlobFetcher, NoNetwork
 from tdml_node.runtime.runner import WorkRunner
 from tdml_node.runtime.seams import HONEST, Seams
@@ -177,8 +177,8 @@ class Harness:
         return [p for p in self.network.sent if isinstance(p, kind)]
 
 
-def _state() -> LedgerState:
-    spec = get_job("digits-mlp", steps=3)[0]
+def _state(preset: str = "digits-mlp") -> LedgerState:
+    spec = get_job(preset, steps=3)[0]
     client = Keypair.from_seed(b"\x09" * 32)
     tx = make_submit_job(client, CHAIN, 0, spec, 10**9, ROOT)
     genesis = compose_genesis(CHAIN, [(k.public_key, "") for k in KEYS], clients=[client.public_key], transactions=(tx,))
@@ -437,3 +437,21 @@ async def test_a_unit_whose_shard_moves_away_is_handed_back_to_be_forgotten_with
     h.chain.state = dataclasses.replace(h.chain.state, jobs={job.job_id: dataclasses.replace(job, assignment=tuple(moved))})
     assert h.pool.prune(h.chain.state) == [unit, verdict]
     assert not h.pool.units
+
+
+def test_only_the_stage_units_whose_inputs_are_accepted_are_open() -> None:
+    """What a proposer waits for: with every unit of the step counted, it waited its whole patience at
+    every phase of a pipeline step (2 s a phase in a real devnet) for units nobody could train yet."""
+    state = _state("digits-mlp-pipeline")
+    job = next(iter(state.jobs.values()))
+    spec = job.spec
+    first = {(job.job_id, 0, pipeline.unit_index(spec, k, 0)) for k in range(spec.shards)}
+    assert open_unit_keys(state) == first
+    results = list(job.results)
+    results[pipeline.unit_index(spec, 0, 0)] = Hash32(b"\x01" * 32)
+    accepted = list(job.accepted)
+    accepted[pipeline.unit_index(spec, 0, 0)] = Hash32(b"\x02" * 32)
+    advanced = dataclasses.replace(job, results=tuple(results), accepted=tuple(accepted))
+    state = dataclasses.replace(state, jobs={job.job_id: advanced})
+    later = (first - {(job.job_id, 0, pipeline.unit_index(spec, 0, 0))}) | {(job.job_id, 0, pipeline.unit_index(spec, 0, 1))}
+    assert open_unit_keys(state) == later
