@@ -1,7 +1,8 @@
 """Reading the devnet's nodes into ``status`` values, and a thread that keeps the latest snapshot.
 
 Everything comes from what a user could read too: ``tdml_nodeInfo``,
-``tdml_syncing``, ``tdml_getTrainer``, ``tdml_getJob`` and ``/metrics``. This
+``tdml_syncing``, ``tdml_getTrainer``, ``tdml_getJob``, ``/metrics`` and the
+node process's ``/proc/<pid>/status`` (its peak memory). This
 module must never change a node or the chain; a node that does not answer
 only shows as such.
 """
@@ -21,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tdml_node.client import NodeClient, RpcCallError
 from tdml_node.devnet import Devnet, DevnetNode
+from tdml_node.devnet_live.stages import StagePlan, stage_rows, with_earlier_trainers
 from tdml_node.devnet_live.status import JobStatus, NodeStatus, Snapshot, role_of
 
 POLL_TIMEOUT = 2.0
@@ -66,13 +68,15 @@ def read_node(node: DevnetNode, last: NodeStatus) -> NodeStatus:
         units_trained=int(counters.get("tdml_units_trained", 0)),
         units_verified=record["unitsVerified"],
         units_rejected=record["unitsRejected"],
+        peak_rss_mb=peak_rss_mb(proc.pid),
     )
 
 
-def job_status(view: dict[str, Any]) -> JobStatus:
-    """A ``tdml_getJob`` answer as the figures the screen shows."""
+def job_status(view: dict[str, Any], plan: StagePlan | None = None) -> JobStatus:
+    """A ``tdml_getJob`` answer as the figures the screen shows (with ``plan``, a pipeline job's stages)."""
     last = view.get("lastOutcome") or {}
     last_eval = view.get("lastEval") or {}
+    accepted = view.get("accepted") or []
     return JobStatus(
         name=view["name"],
         step=view["step"],
@@ -80,7 +84,22 @@ def job_status(view: dict[str, Any]) -> JobStatus:
         status=view["status"],
         train_loss=last.get("trainLossFloat"),
         test_accuracy=last_eval.get("testAccuracy"),
+        units_accepted=sum(1 for a in accepted if a is not None),
+        units=len(accepted),
+        stages=stage_rows(plan, view.get("assignment") or []) if plan is not None else (),
     )
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """A process's peak resident memory (Linux ``VmHWM``) in MiB; None where /proc does not say."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 class Watcher:
@@ -108,6 +127,8 @@ class Watcher:
         self.job_id: str | None = None
         self.job_started: float | None = None
         self.job: JobStatus | None = None
+        self.plan: StagePlan | None = None
+        """A pipeline job's stages, set with the job: the rows show who holds each."""
         self.final: Snapshot | None = None
         """Once set, the snapshot the view keeps showing: the job's end, with the report's clock."""
         self.nodes = tuple(NodeStatus(n.index, "-", "starting", n.rpc_url) for n in devnet.nodes)
@@ -144,7 +165,8 @@ class Watcher:
                 with contextlib.suppress(OSError, ValueError, RpcCallError):
                     view = NodeClient(node.rpc_url, timeout=POLL_TIMEOUT).call("tdml_getJob", self.job_id)
                     if view is not None:
-                        self.job = job_status(view)
+                        job = job_status(view, self.plan)
+                        self.job = replace(job, stages=with_earlier_trainers(self.job.stages if self.job else (), job.stages))
                     break
 
     def _run(self) -> None:

@@ -24,8 +24,9 @@ from rich.live import Live
 
 from tdml_node.devnet import Devnet, DevnetError, is_ready, submit_job
 from tdml_node.devnet_live.poll import Watcher, job_status, read_node
+from tdml_node.devnet_live.stages import stage_plan, with_earlier_trainers
 from tdml_node.devnet_live.status import DevnetReport, Snapshot
-from tdml_node.devnet_live.view import node_up_line, progress_line, render_view
+from tdml_node.devnet_live.view import node_up_line, progress_line, render_view, stages_line
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 STOP_TIMEOUT = 5.0
@@ -138,7 +139,9 @@ def follow_job(devnet: Devnet, watcher: Watcher, job_id: str, timeout: float) ->
         view = client.call("tdml_getJob", job_id)
         if view is not None and view["status"] == "done":
             watcher.refresh()
-            final = replace(watcher.snapshot(), phase="done", job=job_status(view))
+            job = job_status(view, watcher.plan)
+            trained = watcher.job.stages if watcher.job is not None else ()
+            final = replace(watcher.snapshot(), phase="done", job=replace(job, stages=with_earlier_trainers(trained, job.stages)))
             watcher.final = final
             return final
         if watcher.clock() - (watcher.job_started or 0.0) > timeout:
@@ -191,7 +194,8 @@ def run_devnet(
                     spec, dataset = get_job(job, steps=steps, text_path=text_path)
                 except ValueError as exc:
                     raise DevnetError(str(exc)) from exc
-                say(console, f"job {spec.name}: {spec.steps} steps × {spec.shards} shards")
+                watcher.plan = stage_plan(spec, [n.keypair.address for n in devnet.nodes])
+                say(console, f"job {spec.name}: {spec.steps} steps × {spec.shards} shards" + stages_line(watcher.plan))
                 watcher.phase = f"starting {nodes} node(s)"
                 wait_up(devnet, watcher, console)
                 watcher.phase = "uploading the dataset"

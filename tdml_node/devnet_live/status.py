@@ -27,6 +27,22 @@ class NodeStatus:
     units_verified: int | None = None
     """Of this node's units, how many the chain accepted (``tdml_getTrainer``)."""
     units_rejected: int | None = None
+    peak_rss_mb: float | None = None
+    """The node process's peak resident memory so far (``VmHWM``), in MiB."""
+
+
+@dataclass(frozen=True, slots=True)
+class StageStatus:
+    """One stage of a pipeline job: its layer range and the nodes that hold it in the step in progress."""
+
+    index: int
+    first_layer: int
+    last_layer: int
+    """Inclusive: the stage holds layers ``first_layer`` to ``last_layer`` of the model's layer sequence."""
+    trainers: tuple[int, ...]
+    """Node indices, one per shard whose unit of this stage a devnet node holds, in node order without repeats."""
+    estimated_mb: float
+    """Parameters, their gradients, optimizer state and one micro-batch's activations (``work.partition``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +53,11 @@ class JobStatus:
     status: str
     train_loss: float | None = None
     test_accuracy: float | None = None
+    units_accepted: int = 0
+    """Units of the step in progress the chain has accepted, of ``units`` (K, or K·(2S−1) in a pipeline)."""
+    units: int = 0
+    stages: tuple[StageStatus, ...] = ()
+    """Empty for a job that trains the whole model in each unit."""
 
 
 @dataclass(frozen=True, slots=True)

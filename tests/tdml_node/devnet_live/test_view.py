@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
 from rich.console import Console
 
+from consensus import pipeline
+from consensus.crypto import Keypair
+from tdml_node.devnet_live.poll import job_status
+from tdml_node.devnet_live.stages import stage_plan, with_earlier_trainers
 from tdml_node.devnet_live.status import (
     DevnetReport,
     JobStatus,
@@ -16,7 +21,8 @@ from tdml_node.devnet_live.status import (
     compute_rate,
     role_of,
 )
-from tdml_node.devnet_live.view import progress_line, render_view, report_table
+from tdml_node.devnet_live.view import progress_line, render_view, report_table, stages_line
+from tdml_node.work.jobs import get_job
 
 NODES = (
     NodeStatus(0, "validator+trainer", "running", "http://127.0.0.1:40001", 101, 57, 3, 12, 11, 1),
@@ -83,3 +89,48 @@ def test_roles_in_one_word() -> None:
     assert role_of([], True) == "validator"
     assert role_of(["trainer"], False) == "trainer"
     assert role_of([], False) == "observer"
+
+
+def test_a_pipeline_job_shows_its_stages_with_layers_trainers_and_memory_live_and_in_the_report() -> None:
+    spec = get_job("digits-mlp-pipeline")[0]
+    addresses = [Keypair.from_seed(bytes([i + 1]) * 32).address for i in range(4)]
+    plan = stage_plan(spec, addresses)
+    assert plan is not None and [(s.first_layer, s.last_layer) for s in plan.stages] == [(0, 0), (1, 1), (2, 2), (3, 3)]
+    assert 0 < max(s.estimated_mb for s in plan.stages) < plan.whole_model_mb
+    assert stage_plan(get_job("digits-mlp")[0], addresses) is None
+    # Shard k's units of every stage go to node (k + stage) % 4; one unit of the step accepted.
+    assignment = ["0x00"] * pipeline.units_per_step(spec)
+    for k in range(spec.shards):
+        for pos in range(pipeline.units_per_shard(spec)):
+            stage = pipeline.place_of(spec, pipeline.unit_index(spec, k, pos)).stage
+            assignment[pipeline.unit_index(spec, k, pos)] = "0x" + addresses[(k + stage) % 4].hex()
+    accepted: list[str | None] = [None] * len(assignment)
+    accepted[0] = "0x01"
+    view = {"name": spec.name, "step": 3, "steps": 100, "status": "active", "assignment": assignment, "accepted": accepted}
+    job = job_status(view, plan)
+    assert (job.units_accepted, job.units) == (1, 28)
+    assert [s.trainers for s in job.stages] == [(0, 1, 2, 3)] * 4
+    nodes = tuple(dataclasses.replace(n, peak_rss_mb=300.0 + n.index) for n in NODES)
+    snap = dataclasses.replace(SNAP, job=job, nodes=nodes)
+    text = _text(render_view(snap), width=200)
+    assert "units 1/28" in text and "memory (est.)" in text and "peak MiB" in text and "303" in text
+    assert re.search(r"3\s*│\s*layer 3\s*│\s*n0,n1,n2,n3\s*│", text)
+    assert progress_line(snap).endswith("S0:n0,n1,n2,n3 S1:n0,n1,n2,n3 S2:n0,n1,n2,n3 S3:n0,n1,n2,n3")
+    report = DevnetReport("0xabc", snap, 81.5, 240, "0x01", "0x01", Path("m.safetensors"), None)
+    text = _text(report_table(report), width=220)
+    assert re.search(r"stage 2\s*│ layer 2, trained by n0,n1,n2,n3, \d+\.\d\d MiB estimated", text)
+    assert "n3 303 MiB" in text and "equal bit for bit" in text
+    assert "in 4 stages: layer 0" in stages_line(plan)
+
+
+def test_a_finished_pipeline_job_still_names_who_trained_each_stage() -> None:
+    spec = get_job("digits-mlp-pipeline")[0]
+    addresses = [Keypair.from_seed(bytes([i + 1]) * 32).address for i in range(4)]
+    plan = stage_plan(spec, addresses)
+    assert plan is not None
+    dealt = ["0x" + addresses[pipeline.place_of(spec, u).stage].hex() for u in range(pipeline.units_per_step(spec))]
+    during = job_status({"name": "p", "step": 5, "steps": 9, "status": "active", "assignment": dealt, "accepted": [None] * 28}, plan)
+    done = job_status({"name": "p", "step": 9, "steps": 9, "status": "done", "assignment": [], "accepted": []}, plan)
+    assert [s.trainers for s in done.stages] == [()] * 4
+    assert [s.trainers for s in with_earlier_trainers(during.stages, done.stages)] == [(0,), (1,), (2,), (3,)]
+    assert "units" not in progress_line(dataclasses.replace(SNAP, job=done))
