@@ -78,14 +78,19 @@ def compute_stage_unit(
     params = {n: named[n] for n in stage.stage_parameter_names(model, spec, s)}
     layers = stage.stage_layers(model, spec, s)
     model.train()
-    x, y = unit.unit_batch(spec, dataset, step, place.shard, 0)
-    acts = stage.split_micro_batches(x, micro) if s == 0 else stage.read_micro_batches(inputs[0], stage.ACT_PREFIX, micro)
+    # Decoded bundles are on the CPU; the stage computes where its parameters are (the profile's device).
+    device = next(iter(params.values())).device
+    x, y = (t.to(device) for t in unit.unit_batch(spec, dataset, step, place.shard, 0))
+    if s == 0:
+        acts = stage.split_micro_batches(x, micro)
+    else:
+        acts = [a.to(device) for a in stage.read_micro_batches(inputs[0], stage.ACT_PREFIX, micro)]
     hands_on = pipeline.emits_gradient(spec, unit_index)
     try:
         if place.phase == PHASE_FORWARD:
             return StageOutput(stage.forward_unit(layers, acts), None, 0)
         if place.phase == PHASE_BACKWARD:
-            handed = stage.read_micro_batches(inputs[-1], stage.ACT_GRAD_PREFIX, micro)
+            handed = [g.to(device) for g in stage.read_micro_batches(inputs[-1], stage.ACT_GRAD_PREFIX, micro)]
             result, gradient = stage.backward_unit(layers, params, acts, handed, hands_on=hands_on)
             return StageOutput(result, gradient, 0)
         targets = stage.split_micro_batches(y, micro)
