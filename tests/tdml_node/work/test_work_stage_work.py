@@ -120,7 +120,7 @@ def test_a_forged_stage_output_fails_its_replay_and_the_failure_is_upheld() -> N
 
 def test_a_unit_on_the_wrong_stage_state_or_unreadable_inputs_is_malformed() -> None:
     ex, job, subs = _one_step()
-    backward = subs[pipeline.units_per_shard(job.spec) - 1]  # B_0 of shard 0: reads F_0's activations
+    backward = subs[pipeline.units_per_shard(job.spec) - 1]  # B_0 of shard 0: reads the gradient handed to it
     assert backward.links is not None
     wrong_stage = dataclasses.replace(backward.links, stage_root=subs[1].links.stage_root)  # type: ignore[union-attr]
     not_acts = ex.blobs.put(encode_bundle({ACT_PREFIX + "0": torch.zeros(3)}))
@@ -154,3 +154,26 @@ def test_a_pipeline_model_exports_whole_from_its_stage_bundles(tmp_path: Path) -
     model, _ = load_exported(path)
     expected = build_model(spec.model, seed=spec.seed, dtype=torch.float32)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), expected.state_dict().values(), strict=True))
+
+
+def test_a_tolerance_job_passes_a_stage_unit_within_its_tolerance_and_fails_one_beyond() -> None:
+    """The cross-profile path (``StageWork.compare``): a trainer on another profile rounds differently,
+    so a stage unit passes by distance, for its result and for the gradient it hands on alike."""
+    spec, data = _pipeline_job(steps=1)
+    spec = dataclasses.replace(spec, verification=dataclasses.replace(spec.verification, tolerance="1e-3"))
+    ex = make_executor(data)
+    job = job_state(spec, ex.initial_model_root(spec))
+    subs = _train_step(ex, job)
+    forward = subs[0]  # F_0 of shard 0: its result is activations
+    acts = decode_bundle(ex.blobs.get(forward.result_digest))  # type: ignore[arg-type]
+    for scale, failure in ((1 + 1e-5, FAILURE_NONE), (1.1, FAILURE_REPLAY)):
+        nudged = ex.blobs.put(encode_bundle({n: t * scale for n, t in acts.items()}))
+        assert check_unit(ex, job, dataclasses.replace(forward, result_digest=nudged), (0,)).failure == failure, scale
+    handing = next(s for s in subs if s.links is not None and s.links.output_gradient is not None)
+    assert handing.links is not None and handing.links.output_gradient is not None
+    grads = decode_bundle(ex.blobs.get(handing.links.output_gradient))  # type: ignore[arg-type]
+    for scale, failure in ((1 + 1e-5, FAILURE_NONE), (1.1, FAILURE_REPLAY)):
+        nudged = ex.blobs.put(encode_bundle({n: t * scale for n, t in grads.items()}))
+        links = dataclasses.replace(handing.links, output_gradient=nudged)
+        assert check_unit(ex, job, dataclasses.replace(handing, links=links), (0,)).failure == failure, scale
+    assert check_unit(ex, job, forward, (0,)).failure == FAILURE_NONE
