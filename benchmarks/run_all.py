@@ -7,6 +7,8 @@ count). A full run writes ``benchmarks/results/single_node.json`` and
 those files; ``--quick`` writes ``single_node-quick.json`` / ``.md`` so a
 smoke run never overwrites real figures. The markdown table is printed at the
 end. A benchmark that fails is recorded with its error and the others still run.
+``pipeline`` starts a 4-node devnet and 4 torch processes (minutes); run alone,
+``python -m benchmarks.bench_pipeline`` writes its own ``pipeline.json`` / ``.md``.
 
 This module must never assert on a timing, and never write outside
 ``benchmarks/results/`` (or the ``--out`` directory) except through the
@@ -32,6 +34,7 @@ BENCHMARKS: dict[str, str] = {
     "replay_cost": "benchmarks.bench_replay_cost",
     "codec_and_signatures": "benchmarks.bench_codec_and_signatures",
     "commit_latency": "benchmarks.bench_commit_latency",
+    "pipeline": "benchmarks.bench_pipeline",
 }
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

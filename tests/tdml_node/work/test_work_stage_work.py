@@ -177,3 +177,22 @@ def test_a_tolerance_job_passes_a_stage_unit_within_its_tolerance_and_fails_one_
         links = dataclasses.replace(handing.links, output_gradient=nudged)
         assert check_unit(ex, job, dataclasses.replace(handing, links=links), (0,)).failure == failure, scale
     assert check_unit(ex, job, forward, (0,)).failure == FAILURE_NONE
+
+
+def test_the_stage_count_does_not_change_the_bits_and_the_micro_batch_count_does() -> None:
+    """Cutting the model into stages runs the same kernels in the same order on the same values (a stage's
+    backward from the handed-on gradient is the whole backward's, the optimizer is per parameter), so
+    S stages train exactly what one does; splitting the batch into M micro-batches sums the gradient
+    in another order, so M does change the bits (measured in docs/decisions.md, decision 27)."""
+    base, data = digits_job(steps=4)
+    base = dataclasses.replace(base, eval_every=1)
+
+    def fingerprint(bounds: tuple[int, ...] | None, micro: int) -> list[tuple[int, int, int]]:
+        spec = dataclasses.replace(base, pipeline=PipelineSpec(bounds, micro) if bounds else None)
+        return [(o.train_loss, o.eval_loss, o.eval_correct) for o in run_reference(spec, data).outcomes]
+
+    assert fingerprint((0, 1, 2, 3), 2) == fingerprint((0, 3), 2)
+    assert fingerprint((0, 1, 3), 1) == fingerprint((0, 3), 1) == fingerprint(None, 1)
+    # Same stages, so the same state layout: the roots say whether the bits are equal.
+    roots = [run_reference(dataclasses.replace(base, pipeline=PipelineSpec((0, 3), m)), data).final_root for m in (1, 2)]
+    assert roots[0] != roots[1]
