@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from typing import TypeGuard
 
 from consensus import crypto
-from consensus.codec import decode_as
 from consensus.errors import LocalFault, ProtocolError
 from consensus.state import LedgerState
 from consensus.tendermint import (
@@ -67,14 +66,12 @@ from consensus.types import (
     Genesis,
     Hash32,
     Height,
-    PipelineState,
     Proposal,
     PublicKey,
     Round,
     SignedProposal,
     SignedTransaction,
     SignedVote,
-    StepOutcome,
     Vote,
 )
 from tdml_node.config import NodeConfig
@@ -98,7 +95,7 @@ from tdml_node.runtime.tasks import StopSignal, TaskOwner
 from tdml_node.runtime.views import BlockListener, ChainHead, ChainView, CommittedBlock
 from tdml_node.runtime.wakeup import Wakeup
 from tdml_node.runtime.workqueue import PRIORITY_CONSENSUS, PRIORITY_TRAIN, Offload
-from tdml_node.storage import ChainStore, Retention
+from tdml_node.storage import ChainStore, Retention, step_state
 from tdml_node.work.executor import TorchExecutor
 
 log = logging.getLogger("tdml.node")
@@ -450,7 +447,8 @@ class Node:
             result = parts.checker.result_for(block_hash)
         if result is None:
             result = await parts.runner.run(PRIORITY_CONSENSUS, apply_block, self.state, block, parts.executor)
-        blobs = [b for o in result.completed for b in _state_blobs(parts.store, result.state, o)]
+        states = [step_state(parts.store, result.state, o) for o in result.completed]
+        blobs = [b for s in states for b in s.blobs]
         started = time.perf_counter()
         try:
             await parts.offload(parts.store.commit_block, block, cert, result.state, blobs)
@@ -466,7 +464,7 @@ class Node:
         for dropped in parts.workpool.prune(state):
             self.network.forget(dropped)
         parts.duties.prune()
-        parts.retention.record_block(block)
+        parts.retention.record_block(block, {s.root: s.parts for s in states})
         expired = parts.retention.expired(state)
         if expired:
             await parts.offload(parts.store.delete_blobs, expired)
@@ -501,18 +499,6 @@ class Node:
                 log.warning("a synced block at height %d is invalid: %s", block.header.height, exc)
                 return
             await self._commit(block, cert, result)
-
-
-def _state_blobs(store: ChainStore, state: LedgerState, outcome: StepOutcome) -> list[bytes]:
-    """The blobs of a step's new model state, written with the block: its root's, and a pipeline's stage bundles."""
-    data = store.get(outcome.model_root)
-    if data is None:
-        return []
-    job = state.jobs.get(outcome.job)
-    if job is None or job.spec.pipeline is None:
-        return [data]
-    stages = [store.get(root) for root in decode_as(data, PipelineState).stage_roots]
-    return [data, *(b for b in stages if b is not None)]
 
 
 def _is_logged(event: ConsensusEvent) -> TypeGuard[LoggedEvent]:

@@ -1,16 +1,20 @@
 """Which work blobs a node may delete: those of steps older than the retention window.
 
 Committed blocks name every blob the chain relies on: each accepted unit's
-result and checkpoints, and each step's new model state. A node remembers
-them per (job, step) as blocks commit and, once a job has moved
-``keep_steps`` steps past them, hands them back for deletion. The current
-model state of every job is never handed back, and datasets never are.
+result and checkpoints (and a stage unit's handed-on gradient), and each
+step's new model state (a pipeline's with its stage bundles, which the
+committing node names). A node remembers them per (job, step) as blocks
+commit and, once a job has moved ``keep_steps`` steps past them, hands them
+back for deletion. The current model state of every job, stage bundles
+included, is never handed back, and datasets never are.
 Blobs seen before a restart are not remembered (they stay on disk).
 
 This module must never touch the store itself.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
 
 from consensus.state import LedgerState
 from consensus.types import Block, Hash32
@@ -20,21 +24,35 @@ class Retention:
     def __init__(self, keep_steps: int) -> None:
         self.keep_steps = max(1, keep_steps)
         self._by_step: dict[tuple[bytes, int], list[Hash32]] = {}
+        self._parts: dict[bytes, tuple[Hash32, ...]] = {}
+        """For each model root recorded, the blobs it names (a pipeline's stage roots)."""
 
-    def record_block(self, block: Block) -> None:
+    def record_block(self, block: Block, state_parts: Mapping[Hash32, Sequence[Hash32]] | None = None) -> None:
+        """Remember the block's blobs; ``state_parts`` gives, per new model root, the blobs it names."""
         for signed in block.body.submissions:
             sub = signed.submission
             handed = (sub.links.output_gradient,) if sub.links is not None and sub.links.output_gradient else ()
             self._by_step.setdefault((sub.job, sub.step), []).extend((sub.result_digest, *sub.checkpoint_digests, *handed))
         for outcome in block.body.outcomes:
-            self._by_step.setdefault((outcome.job, outcome.step + 1), []).append(outcome.model_root)
+            parts = tuple((state_parts or {}).get(outcome.model_root, ()))
+            self._parts[outcome.model_root] = parts
+            self._by_step.setdefault((outcome.job, outcome.step + 1), []).extend((outcome.model_root, *parts))
 
     def expired(self, state: LedgerState) -> list[Hash32]:
-        protected = {job.model_root for job in state.jobs.values()} | {job.spec.dataset for job in state.jobs.values()}
-        out: list[Hash32] = []
-        for key in list(self._by_step):
-            job_id, step = key
-            job = state.jobs.get(Hash32(job_id))
-            if job is None or step < job.step - self.keep_steps:
-                out.extend(d for d in self._by_step.pop(key) if d not in protected)
-        return out
+        gone_keys: set[tuple[bytes, int]] = set()
+        for key in self._by_step:
+            job = state.jobs.get(Hash32(key[0]))
+            if job is None or key[1] < job.step - self.keep_steps:
+                gone_keys.add(key)
+        current = {job.model_root for job in state.jobs.values()}
+        protected = current | {job.spec.dataset for job in state.jobs.values()}
+        protected |= {p for root in current for p in self._parts.get(root, ())}
+        # A blob named again by a step still kept (a stage bundle that did not change) stays too.
+        protected |= {d for key, digests in self._by_step.items() if key not in gone_keys for d in digests}
+        out: dict[Hash32, None] = {}  # in the order recorded, each once
+        for key in sorted(gone_keys):
+            for digest in self._by_step.pop(key):
+                if digest not in protected:
+                    self._parts.pop(digest, None)
+                    out[digest] = None
+        return list(out)
