@@ -188,13 +188,14 @@ def run_devnet(
                 # The job (torch and its dataset) loads while the nodes boot.
                 from tdml_node.work.export import export_model
                 from tdml_node.work.jobs import get_job
+                from tdml_node.work.partition import stage_layout
                 from tdml_node.work.reference import run_reference
 
                 try:
                     spec, dataset = get_job(job, steps=steps, text_path=text_path)
                 except ValueError as exc:
                     raise DevnetError(str(exc)) from exc
-                watcher.plan = stage_plan(spec, [n.keypair.address for n in devnet.nodes])
+                watcher.plan = stage_plan(stage_layout(spec), [n.keypair.address for n in devnet.nodes])
                 say(console, f"job {spec.name}: {spec.steps} steps × {spec.shards} shards" + stages_line(watcher.plan))
                 watcher.phase = f"starting {nodes} node(s)"
                 wait_up(devnet, watcher, console)

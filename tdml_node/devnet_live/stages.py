@@ -1,19 +1,20 @@
 """A pipeline job's stages as the devnet screen shows them: layer ranges, memory estimates, who holds each.
 
-``stage_plan`` is fixed by the job spec and the devnet's keys, worked out
-once when the job is loaded (it builds the model on the meta device for the
-memory estimate); ``stage_rows`` fills in the trainers from a ``tdml_getJob``
-answer at each poll. This module must never talk to a node or read a clock.
+``stage_plan`` is fixed by the job's stage layout (``work.partition``, worked
+out once when the job is loaded) and the devnet's keys; ``stage_rows`` fills
+in the trainers from a ``tdml_getJob`` answer at each poll. This module must never talk to a node or read a clock.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
-from consensus import pipeline
-from consensus.types import JobSpec
 from tdml_node.devnet_live.status import StageStatus
+
+if TYPE_CHECKING:  # the layout comes from work.partition, which imports torch: the devnet loads it later
+    from tdml_node.work.partition import StageLayout
 
 MIB = 1 << 20
 
@@ -30,24 +31,15 @@ class StagePlan:
     """The same estimate for the whole model: what each trainer would hold without stages."""
 
 
-def stage_plan(spec: JobSpec, addresses: Sequence[bytes]) -> StagePlan | None:
-    """The stages of a pipeline job; None for a job that trains the whole model in every unit."""
-    if spec.pipeline is None:
+def stage_plan(layout: Sequence[StageLayout], addresses: Sequence[bytes]) -> StagePlan | None:
+    """A pipeline job's stages (``work.partition.stage_layout``); None for a job without stages."""
+    if not layout:
         return None
-    from tdml_node.work.partition import estimate_layers  # torch: only for a pipeline job
-
-    bounds = spec.pipeline.layer_bounds
-    micro = max(1, spec.global_batch // spec.shards // spec.pipeline.micro_batches)
-    costs = [e.total for e in estimate_layers(spec, micro)]
     stages = tuple(
-        StageStatus(s, bounds[s], bounds[s + 1] - 1, (), sum(costs[bounds[s] : bounds[s + 1]]) / MIB)
-        for s in range(len(bounds) - 1)
-    )
-    holders = tuple(
-        tuple(pipeline.unit_index(spec, k, s) for k in range(spec.shards)) for s in range(len(stages))
+        StageStatus(s, st.first_layer, st.last_layer, (), st.estimated_bytes / MIB) for s, st in enumerate(layout)
     )
     nodes = {"0x" + bytes(a).hex(): i for i, a in enumerate(addresses)}
-    return StagePlan(stages, holders, nodes, sum(costs) / MIB)
+    return StagePlan(stages, tuple(st.units for st in layout), nodes, sum(st.estimated_bytes for st in layout) / MIB)
 
 
 def stage_rows(plan: StagePlan, assignment: Sequence[str]) -> tuple[StageStatus, ...]:

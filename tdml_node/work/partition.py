@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from consensus import pipeline
 from consensus.types import JobSpec, ModelSpec, OptimizerSpec, PipelineSpec
 from consensus.work import InvalidWork
 from tdml_node.work.models import build_model_on_meta, layer_sequence
@@ -137,3 +138,32 @@ def check_bounds(spec: JobSpec) -> None:
     count = len(layer_sequence(build_model_on_meta(spec.model)))
     if spec.pipeline.layer_bounds[-1] != count:
         raise InvalidWork(f"layer_bounds end at {spec.pipeline.layer_bounds[-1]}, the model has {count} layers")
+
+
+@dataclass(frozen=True, slots=True)
+class StageLayout:
+    """One stage of a pipeline job as a person reads it: its layers, its estimate, the units that deal it."""
+
+    first_layer: int
+    last_layer: int
+    """Inclusive."""
+    estimated_bytes: int
+    """The sum of its layers' estimates for one micro-batch (``LayerEstimate.total``)."""
+    units: tuple[int, ...]
+    """Its forward (or last) unit in each shard, in shard order: the unit its holder for that shard is dealt."""
+
+
+def stage_layout(spec: JobSpec) -> tuple[StageLayout, ...]:
+    """Every stage of a pipeline job; empty for a job that trains the whole model in each unit."""
+    if spec.pipeline is None:
+        return ()
+    bounds = spec.pipeline.layer_bounds
+    micro = max(1, spec.global_batch // spec.shards // spec.pipeline.micro_batches)
+    costs = [e.total for e in estimate_layers(spec, micro)]
+    return tuple(
+        StageLayout(
+            bounds[s], bounds[s + 1] - 1, sum(costs[bounds[s] : bounds[s + 1]]),
+            tuple(pipeline.unit_index(spec, k, s) for k in range(spec.shards)),
+        )
+        for s in range(len(bounds) - 1)
+    )

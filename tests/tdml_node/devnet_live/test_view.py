@@ -23,6 +23,7 @@ from tdml_node.devnet_live.status import (
 )
 from tdml_node.devnet_live.view import progress_line, render_view, report_table, stages_line
 from tdml_node.work.jobs import get_job
+from tdml_node.work.partition import stage_layout
 
 NODES = (
     NodeStatus(0, "validator+trainer", "running", "http://127.0.0.1:40001", 101, 57, 3, 12, 11, 1),
@@ -94,10 +95,10 @@ def test_roles_in_one_word() -> None:
 def test_a_pipeline_job_shows_its_stages_with_layers_trainers_and_memory_live_and_in_the_report() -> None:
     spec = get_job("digits-mlp-pipeline")[0]
     addresses = [Keypair.from_seed(bytes([i + 1]) * 32).address for i in range(4)]
-    plan = stage_plan(spec, addresses)
+    plan = stage_plan(stage_layout(spec), addresses)
     assert plan is not None and [(s.first_layer, s.last_layer) for s in plan.stages] == [(0, 0), (1, 1), (2, 2), (3, 3)]
     assert 0 < max(s.estimated_mb for s in plan.stages) < plan.whole_model_mb
-    assert stage_plan(get_job("digits-mlp")[0], addresses) is None
+    assert stage_plan(stage_layout(get_job("digits-mlp")[0]), addresses) is None
     # Shard k's units of every stage go to node (k + stage) % 4; one unit of the step accepted.
     assignment = ["0x00"] * pipeline.units_per_step(spec)
     for k in range(spec.shards):
@@ -126,7 +127,7 @@ def test_a_pipeline_job_shows_its_stages_with_layers_trainers_and_memory_live_an
 def test_a_finished_pipeline_job_still_names_who_trained_each_stage() -> None:
     spec = get_job("digits-mlp-pipeline")[0]
     addresses = [Keypair.from_seed(bytes([i + 1]) * 32).address for i in range(4)]
-    plan = stage_plan(spec, addresses)
+    plan = stage_plan(stage_layout(spec), addresses)
     assert plan is not None
     dealt = ["0x" + addresses[pipeline.place_of(spec, u).stage].hex() for u in range(pipeline.units_per_step(spec))]
     during = job_status({"name": "p", "step": 5, "steps": 9, "status": "active", "assignment": dealt, "accepted": [None] * 28}, plan)
