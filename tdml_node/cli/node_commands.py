@@ -180,6 +180,7 @@ def genesis_show(path: Path) -> None:
     type=click.Choice(ALL_BEHAVIOURS),
     help="TEST NETWORKS ONLY (refused without --dev): misbehave on purpose, for the adversarial suite and demos. "
     "Trainers: zero, random, scale, shift, noise, skip-steps, wrong-shard, stale-parent, copy, replay-old, withhold; "
+    "stage trainers (pipeline jobs): forge-gradient, forge-inputs, skip-micro; "
     "validators: lazy, accuse, equivocate, approve-invalid.",
 )
 def run(

@@ -12,7 +12,13 @@ results), ``skip-steps`` (H > 1: an inner step left out), ``wrong-shard``,
 ``stale-parent`` (trained from an earlier step's state, claiming the
 current one), ``copy`` (another trainer's unit claimed as its own),
 ``replay-old`` (its previous step's unit again), ``withhold`` (submits, then
-serves none of its blobs).
+serves none of its blobs). Each of these plays on a pipeline stage unit
+too (``zero`` and the others forge its result: a forward unit's output
+activations, else its parameter gradients).
+Stage trainers (pipeline jobs only): ``forge-gradient`` (hands a forged
+gradient on to the stage before), ``forge-inputs`` (trains from a forged
+input and names it, as if a neighbour had handed it on), ``skip-micro``
+(leaves its last micro-batch out).
 Validators: ``lazy`` (passes units without replaying them), ``accuse``
 (signs failing verdicts against honest units), ``equivocate`` (signs two
 different votes per step and sends each to half its peers),
@@ -34,7 +40,7 @@ from typing import ClassVar
 
 import torch
 
-from consensus import crypto
+from consensus import crypto, pipeline
 from consensus.crypto import Keypair
 from consensus.types import (
     FAILURE_NONE,
@@ -46,15 +52,19 @@ from consensus.types import (
     SignedVote,
     WorkSubmission,
 )
-from consensus.work import PASSED, CheckResult, TrainedUnit, WorkExecutor
+from consensus.work import PASSED, CheckResult, TrainedUnit, WorkExecutor, WorkUnavailable
 from tdml_node.runtime.netlink import Network
 from tdml_node.runtime.seams import Judgement, Seams, honest_check, honest_train
+from tdml_node.work import stage
+from tdml_node.work.datasets import Dataset
 from tdml_node.work.executor import TorchExecutor, model_state_optimizer
 from tdml_node.work.models import build_model
+from tdml_node.work.pipeline_state import decode_pipeline_state
 from tdml_node.work.profile import torch_dtype
+from tdml_node.work.stage_unit import StageOutput, load_stage_parameters
 from tdml_node.work.state import parse_state
 from tdml_node.work.tensors import decode_bundle, encode_bundle
-from tdml_node.work.unit import delta_result
+from tdml_node.work.unit import delta_result, unit_batch
 
 log = logging.getLogger("tdml.byzantine")
 
@@ -86,6 +96,18 @@ def _torch(executor: WorkExecutor) -> TorchExecutor:
     if not isinstance(executor, TorchExecutor):
         raise TypeError("Byzantine trainers forge through the torch executor's blob store")
     return executor
+
+
+def _get(executor: TorchExecutor, digest: Hash32) -> bytes:
+    data = executor.blobs.get(digest)
+    if data is None:
+        raise WorkUnavailable(f"blob {digest.hex()} is missing", digest)
+    return data
+
+
+def _negated(executor: TorchExecutor, digest: Hash32) -> Hash32:
+    """The bundle ``digest`` with every tensor negated: the right size and shape, the wrong direction."""
+    return executor.blobs.put(encode_bundle({n: -t for n, t in decode_bundle(_get(executor, digest)).items()}))
 
 
 # ---------------------------------------------------------------------------
@@ -186,7 +208,13 @@ class StaleParent(Behaviour):
         if len(seen) < 2:
             return honest_train(executor, job, shard)
         self.note_fault()
-        return honest_train(executor, dataclasses.replace(job, model_root=seen[-2]), shard)
+        unit = honest_train(executor, dataclasses.replace(job, model_root=seen[-2]), shard)
+        if unit.links is None:
+            return unit
+        # A stage unit names its stage's state: it claims the committed one, as a plain unit claims the parent.
+        state = decode_pipeline_state(_get(_torch(executor), job.model_root), job.spec)
+        current = state.stage_roots[pipeline.place_of(job.spec, shard).stage]
+        return dataclasses.replace(unit, links=dataclasses.replace(unit.links, stage_root=current))
 
 
 def _claiming(sub: WorkSubmission, work: WorkSubmission) -> WorkSubmission:
@@ -197,7 +225,7 @@ def _claiming(sub: WorkSubmission, work: WorkSubmission) -> WorkSubmission:
 
 
 class Copier(Behaviour):
-    """Claims another trainer's unit of the same step as its own."""
+    """Claims another trainer's unit of the same step as its own (a stage unit: another trainer's outputs)."""
 
     names = ("copy",)
 
@@ -208,8 +236,30 @@ class Copier(Behaviour):
         for other in others:
             if other.trainer != sub.trainer:
                 self.note_fault()
-                return _claiming(sub, other)
+                if sub.links is None:
+                    return _claiming(sub, other)
+                gradient = other.links.output_gradient if other.links is not None else None
+                losses = other.losses if len(other.losses) == len(sub.losses) else sub.losses
+                return _claiming_outputs(sub, other.result_digest, gradient, losses)
+        if sub.links is not None:  # the units before a stage unit are accepted, so mostly gone from the pool
+            me = crypto.address_of(sub.trainer)
+            for u, result in enumerate(job.results):
+                if result is not None and job.assignment[u] != me:
+                    self.note_fault()
+                    gradient = job.output_gradients[u] if u < len(job.output_gradients) else None
+                    return _claiming_outputs(sub, result, gradient, sub.losses)
         return sub
+
+
+def _claiming_outputs(
+    sub: WorkSubmission, result: Hash32, gradient: Hash32 | None, losses: tuple[int, ...]
+) -> WorkSubmission:
+    """(A stage unit) ``sub`` claiming another unit's outputs; its own inputs and loss count stay (else it is refused unchecked)."""
+    assert sub.links is not None
+    links = sub.links
+    if links.output_gradient is not None and gradient is not None:
+        links = dataclasses.replace(links, output_gradient=gradient)
+    return dataclasses.replace(sub, result_digest=result, losses=losses, links=links)
 
 
 class OldReplay(Behaviour):
@@ -249,11 +299,132 @@ class Withhold(Behaviour):
     def train(self, executor: WorkExecutor, job: JobState, shard: int) -> TrainedUnit:
         unit = honest_train(executor, job, shard)
         self._withheld.update((unit.result_digest, *unit.checkpoint_digests))
+        if unit.links is not None and unit.links.output_gradient is not None:
+            self._withheld.add(unit.links.output_gradient)
         self.note_fault()
         return unit
 
     def serve_blob(self, digest: Hash32, get: Callable[[Hash32], bytes | None]) -> bytes | None:
         return None if digest in self._withheld else get(digest)
+
+
+# ---------------------------------------------------------------------------
+# Stage trainers (pipeline jobs; on any other job they train honestly)
+
+
+class ForgedGradient(Behaviour):
+    """Computes the unit, then hands the stage before a forged (negated) gradient; the result stays honest.
+
+    The stage before would compute wrong parameter gradients from it: the
+    attack hopes the blame lands there.
+    """
+
+    names = ("forge-gradient",)
+
+    def bend(self, seams: Seams) -> Seams:
+        return dataclasses.replace(seams, train=self.train)
+
+    def train(self, executor: WorkExecutor, job: JobState, shard: int) -> TrainedUnit:
+        unit = honest_train(executor, job, shard)
+        if unit.links is None or unit.links.output_gradient is None:
+            return unit
+        forged = _negated(_torch(executor), unit.links.output_gradient)
+        self.note_fault()
+        return dataclasses.replace(unit, links=dataclasses.replace(unit.links, output_gradient=forged))
+
+
+class ForgedInputs(Behaviour):
+    """Trains from a forged input (the handed gradient, else the activations, negated) and names it as handed on.
+
+    Its outputs are a faithful function of the inputs it names, so only the
+    chain's link check (inputs = the accepted outputs) can refuse it.
+    """
+
+    names = ("forge-inputs",)
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self._forged: set[tuple[bytes, int, int]] = set()
+        """The units forged: the node trains a refused unit again until its deadline, one fault each."""
+
+    def bend(self, seams: Seams) -> Seams:
+        return dataclasses.replace(seams, train=self.train)
+
+    def train(self, executor: WorkExecutor, job: JobState, shard: int) -> TrainedUnit:
+        unit = honest_train(executor, job, shard)  # also fetches the inputs it will forge
+        if unit.links is None or not unit.links.inputs:
+            return unit
+        inputs = unit.links.inputs
+        forged = (*inputs[:-1], _negated(_torch(executor), inputs[-1]))
+        key = (bytes(job.job_id), job.step, shard)
+        if key not in self._forged:
+            self._forged.add(key)
+            self.note_fault()
+        return executor.train_stage(job, shard, forged)
+
+
+class SkippedMicroBatch(Behaviour):
+    """Computes the unit on all but its last micro-batch (whose outputs it leaves zero), claiming all of them."""
+
+    names = ("skip-micro",)
+
+    def bend(self, seams: Seams) -> Seams:
+        return dataclasses.replace(seams, train=self.train)
+
+    def train(self, executor: WorkExecutor, job: JobState, shard: int) -> TrainedUnit:
+        unit = honest_train(executor, job, shard)  # applies the profile, fetches every blob the unit reads
+        p = job.spec.pipeline
+        if unit.links is None or p is None or p.micro_batches < 2:
+            return unit
+        torch_executor = _torch(executor)
+        blobs = torch_executor.blobs
+        out = _without_last_micro_batch(torch_executor, job, shard, unit.links.stage_root, unit.links.inputs)
+        gradient = blobs.put(out.gradient) if out.gradient is not None else None
+        self.note_fault()
+        return dataclasses.replace(
+            unit,
+            result_digest=blobs.put(out.result),
+            losses=(out.loss_bits,) if unit.losses else (),
+            links=dataclasses.replace(unit.links, output_gradient=gradient),
+        )
+
+
+def _without_last_micro_batch(
+    executor: TorchExecutor, job: JobState, u: int, stage_root: Hash32, inputs: tuple[Hash32, ...]
+) -> StageOutput:
+    """Unit ``u`` as ``compute_stage_unit`` computes it, but over micro-batches 0..M-2; micro-batch M-1's outputs are zero."""
+    spec = job.spec
+    assert spec.pipeline is not None
+    micro, place = spec.pipeline.micro_batches, pipeline.place_of(spec, u)
+    dtype = torch_dtype(spec.profile)
+    model = build_model(spec.model, seed=0, dtype=dtype)
+    load_stage_parameters(model, spec, place.stage, decode_bundle(_get(executor, stage_root)))
+    named = dict(model.named_parameters())
+    params = {n: named[n] for n in stage.stage_parameter_names(model, spec, place.stage)}
+    layers = stage.stage_layers(model, spec, place.stage)
+    model.train()
+    dataset = Dataset.decode(_get(executor, spec.dataset), task=spec.task, seq_len=spec.seq_len, dtype=dtype)
+    x, y = unit_batch(spec, dataset, job.step, place.shard, 0)
+    read = [decode_bundle(_get(executor, d)) for d in inputs]
+    acts = stage.split_micro_batches(x, micro) if place.stage == 0 else stage.read_micro_batches(read[0], stage.ACT_PREFIX, micro)
+    hands_on = pipeline.emits_gradient(spec, u)
+    if place.phase == pipeline.PHASE_FORWARD:
+        return StageOutput(_pad_last(stage.forward_unit(layers, acts[:-1]), stage.ACT_PREFIX, micro), None, 0)
+    if place.phase == pipeline.PHASE_BACKWARD:
+        handed = stage.read_micro_batches(read[-1], stage.ACT_GRAD_PREFIX, micro)
+        result, gradient = stage.backward_unit(layers, params, acts[:-1], handed[:-1], hands_on=hands_on)
+        bits = 0
+    else:
+        targets = stage.split_micro_batches(y, micro)
+        result, bits, gradient = stage.last_unit(layers, params, acts[:-1], targets[:-1], hands_on=hands_on)
+    return StageOutput(result, _pad_last(gradient, stage.ACT_GRAD_PREFIX, micro) if gradient is not None else None, bits)
+
+
+def _pad_last(bundle: bytes, prefix: str, micro: int) -> bytes:
+    """A bundle of micro-batches 0..M-2 with micro-batch M-1 added as zeros, so it decodes as M of them."""
+    tensors = decode_bundle(bundle)
+    tensors[f"{prefix}{micro - 1}"] = torch.zeros_like(tensors[f"{prefix}{micro - 2}"])
+    return encode_bundle(tensors)
 
 
 # ---------------------------------------------------------------------------
@@ -333,5 +504,5 @@ class Equivocator(Behaviour):
 
 BEHAVIOURS: tuple[type[Behaviour], ...] = (
     ForgedResult, SkippedStep, WrongShard, StaleParent, Copier, OldReplay, Withhold,
-    Lazy, Accuser, Equivocator, ApproveInvalid,
+    ForgedGradient, ForgedInputs, SkippedMicroBatch, Lazy, Accuser, Equivocator, ApproveInvalid,
 )

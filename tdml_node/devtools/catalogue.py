@@ -11,7 +11,7 @@ from __future__ import annotations
 
 TRAINER_BEHAVIOURS = (
     "zero", "random", "scale", "shift", "noise", "skip-steps", "wrong-shard",
-    "stale-parent", "copy", "replay-old", "withhold",
+    "stale-parent", "copy", "replay-old", "withhold", "forge-gradient", "forge-inputs", "skip-micro",
 )
 VALIDATOR_BEHAVIOURS = ("lazy", "accuse", "equivocate", "approve-invalid")
 ALL_BEHAVIOURS = ("honest", *TRAINER_BEHAVIOURS, *VALIDATOR_BEHAVIOURS)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from consensus import pipeline
 from consensus.codec import decode_as
 from consensus.crypto import DOMAIN_VOTE, Keypair, address_of, verify_value
 from consensus.transition import compute_genesis_hash
@@ -43,6 +44,7 @@ from tdml_node.devnet import Devnet, submit_job
 from tdml_node.storage import MemoryBlobStore
 from tdml_node.work.executor import TorchExecutor
 from tdml_node.work.jobs import get_job
+from tdml_node.work.pipeline_state import decode_pipeline_state
 from tdml_node.work.reference import run_reference
 from tests.adversarial.wire import RogueClient
 
@@ -94,6 +96,8 @@ class ScenarioResult:
     honest_accused: int
     seconds: float
     errors: list[str] = field(default_factory=list)
+    evidence_units: list[str] = field(default_factory=list)
+    """Where each piece of work evidence sits: the unit index, and for a pipeline job its shard, stage and phase."""
 
     def as_row(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -177,7 +181,7 @@ def run_scenario(s: Scenario, base: Path, *, timeout: float = 600.0) -> Scenario
         bans = set().union(*ban_lists)
         byz_ids = {"0x" + k.hex() for k in byz_keys}
         banned_by = sum(1 for b in ban_lists if b & byz_ids)
-        rechecked, evidence, offenders_accused = _recheck_all(devnet, honest_nodes, spec, job_id, blocks, errors)
+        rechecked, evidence, offenders_accused, units = _recheck_all(devnet, honest_nodes, spec, job_id, blocks, errors)
     seconds = time.monotonic() - started
     byz_addr = {"0x" + address_of(k).hex() for k in byz_keys}
     evidence_heights = [h for h, _, _ in evidence]
@@ -208,6 +212,7 @@ def run_scenario(s: Scenario, base: Path, *, timeout: float = 600.0) -> Scenario
         honest_accused=honest_accused + offenders_accused,
         seconds=round(seconds, 1),
         errors=errors,
+        evidence_units=units,
     )
 
 
@@ -218,8 +223,8 @@ def _caught(
     against = sum(1 for _, _, who in evidence if who in byz_addr)
     if against:
         return against
-    if any(b == "withhold" for b in s.behaviours.values()):
-        return reassigned
+    if any(b == "withhold" for b in s.behaviours.values()) or (reassigned and not banned_by):
+        return reassigned  # unprovable faults (withheld or refused units) answered by their deadlines
     return banned_by
 
 
@@ -230,8 +235,11 @@ def _recheck_all(
     job_id: str,
     blocks: list[dict[str, Any]],
     errors: list[str],
-) -> tuple[int, list[tuple[int, str, str]], int]:
-    """Re-check every piece of evidence with a fresh executor; returns (re-checked, evidence, wrongly accused)."""
+) -> tuple[int, list[tuple[int, str, str]], int, list[str]]:
+    """Re-check every piece of evidence with a fresh executor.
+
+    Returns (re-checked, evidence, wrongly accused, where each work evidence's unit sits).
+    """
     blobs = MemoryBlobStore()
     executor = TorchExecutor(blobs)
     clients = [n.client() for n in honest_nodes]
@@ -239,6 +247,7 @@ def _recheck_all(
     rechecked = 0
     wrongly = 0
     found: list[tuple[int, str, str]] = []
+    units: list[str] = []
     for block in blocks:
         for ev_json in block["body"]["evidence"]:
             raw = _evidence_bytes(clients[0], block["number"], ev_json)
@@ -263,6 +272,8 @@ def _recheck_all(
                 job = _job_at(spec, job_id, sub.step, roots.get(sub.step, sub.parent_model_root))
                 for digest in (spec.dataset, sub.parent_model_root, sub.result_digest, *sub.checkpoint_digests):
                     _fetch(clients, blobs, digest)
+                _fetch_stage_blobs(clients, blobs, spec, job.model_root, sub)
+                units.append(_unit_place(spec, sub.shard))
                 if isinstance(ev, WorkFraud):
                     ok = executor.recheck(job, sub, verdict)
                     found.append((block["number"], FAILURE_NAMES.get(verdict.failure, "?"), "0x" + address_of(sub.trainer).hex()))
@@ -277,7 +288,27 @@ def _recheck_all(
             else:
                 errors.append(f"evidence at height {block['number']} does not re-check")
                 wrongly += 1
-    return rechecked, found, wrongly
+    return rechecked, found, wrongly, units
+
+
+def _unit_place(spec: JobSpec, unit: int) -> str:
+    if spec.pipeline is None:
+        return f"unit {unit}"
+    place = pipeline.place_of(spec, unit)
+    return f"unit {unit}: shard {place.shard} stage {place.stage} {pipeline.PHASE_NAMES[place.phase]}"
+
+
+def _fetch_stage_blobs(clients: list[NodeClient], blobs: MemoryBlobStore, spec: JobSpec, root: bytes, sub: Any) -> None:
+    """(Pipeline jobs) what a stage unit's re-check reads besides its result: every stage root, its links' blobs."""
+    if spec.pipeline is None:
+        return
+    _fetch(clients, blobs, root)
+    state = blobs.get(Hash32(root))
+    stage_roots = decode_pipeline_state(state, spec).stage_roots if state is not None else ()
+    links = sub.links
+    named = (links.stage_root, *links.inputs, *((links.output_gradient,) if links.output_gradient else ())) if links else ()
+    for digest in (*stage_roots, *named):
+        _fetch(clients, blobs, digest)
 
 
 def _roots_by_step(client: NodeClient, executor: TorchExecutor, spec: JobSpec, job_id: str) -> dict[int, bytes]:

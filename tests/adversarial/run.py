@@ -3,6 +3,9 @@
 Runs every scenario of ``scenarios.BYZANTINE`` in its own devnet and writes
 ``tests/adversarial/results/adversarial.json`` and ``.md`` (the table that
 ``docs/adversarial.md`` quotes). Not a test: it runs for many minutes.
+``--only`` runs the named scenarios and merges their rows into the results
+already there (each row keeps the date it was measured); ``--list`` prints
+the scenario names.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import platform
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from tests.adversarial.harness import ScenarioResult, run_scenario
 from tests.adversarial.scenarios import BYZANTINE
@@ -43,12 +47,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", nargs="*", help="scenario names to run (default: all)")
     parser.add_argument("--steps", type=int, help="override every scenario's step count")
+    parser.add_argument("--list", action="store_true", help="print the scenario names and exit")
     args = parser.parse_args()
+    if args.list:
+        print("\n".join(s.name for s in BYZANTINE))
+        return
+    unknown = set(args.only or ()) - {s.name for s in BYZANTINE}
+    if unknown:
+        parser.error(f"unknown scenarios: {sorted(unknown)}")
     chosen = [s for s in BYZANTINE if not args.only or s.name in args.only]
     if args.steps:
         chosen = [dataclasses.replace(s, steps=args.steps) for s in chosen]
     results: list[ScenarioResult] = []
     started = time.time()
+    today = time.strftime("%Y-%m-%d", time.gmtime(started))
     with tempfile.TemporaryDirectory(prefix="tdml-adversarial-") as tmp:
         for i, s in enumerate(chosen):
             print(f"[{i + 1}/{len(chosen)}] {s.name} …", flush=True)
@@ -57,19 +69,43 @@ def main() -> None:
                   f"{r.evidence_rechecked}/{r.evidence} evidence re-checks, {r.seconds}s, errors {r.errors}")
             results.append(r)
     RESULTS.mkdir(exist_ok=True)
-    honest = sum(r.honest_units for r in results)
-    accused = sum(r.honest_accused for r in results)
+    rows = _merged(_previous_rows() if args.only else {}, {r.scenario: {**r.as_row(), "date": today} for r in results})
+    merged = [_result(row) for row in rows]
+    honest = sum(r.honest_units for r in merged)
+    accused = sum(r.honest_accused for r in merged)
     summary = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "machine": {"python": platform.python_version(), "cpus": __import__("os").cpu_count()},
         "honest_units_total": honest,
         "honest_units_accused": accused,
-        "scenarios": [r.as_row() for r in results],
+        "scenarios": rows,
     }
     (RESULTS / "adversarial.json").write_text(json.dumps(summary, indent=2))
-    md = table(results) + f"\nHonest units across the suite: {honest}; accused: {accused}.\n"
+    md = table(merged) + f"\nHonest units across the suite: {honest}; accused: {accused}.\n"
     (RESULTS / "adversarial.md").write_text(md)
     print(md)
+
+
+def _previous_rows() -> dict[str, dict[str, Any]]:
+    """The rows of the last results file by scenario, each with the date it was measured."""
+    path = RESULTS / "adversarial.json"
+    if not path.exists():
+        return {}
+    old = json.loads(path.read_text())
+    date = old.get("date", "")[:10]
+    return {row["scenario"]: {"date": date, **row} for row in old.get("scenarios", [])}
+
+
+def _merged(old: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The old rows with the new ones in their place, in the suite's order (rows of dropped scenarios last)."""
+    rows = {**old, **new}
+    order = [s.name for s in BYZANTINE if s.name in rows]
+    return [rows[name] for name in order] + [row for name, row in rows.items() if name not in order]
+
+
+def _result(row: dict[str, Any]) -> ScenarioResult:
+    known = {f.name for f in dataclasses.fields(ScenarioResult)}
+    return ScenarioResult(**{k: v for k, v in row.items() if k in known})
 
 
 if __name__ == "__main__":
