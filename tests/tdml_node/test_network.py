@@ -87,6 +87,29 @@ def test_four_nodes_train_the_reference_model(tmp_path: Path) -> None:
     assert all(t["unitsVerified"] > 0 and t["unitsRejected"] == 0 for t in trainers)
 
 
+def join_late_trainer(devnet: Devnet, home: Path) -> tuple[DevnetNode, str]:
+    """A fifth node started mid-job from the genesis file, synced, funded and registered as a trainer."""
+    client = devnet.nodes[0].client()
+    rpc_port, p2p_port = free_port(), free_port()
+    _cli("init", "--home", str(home), "--insecure-dev-key", "--rpc-port", str(rpc_port), "--p2p-port", str(p2p_port))
+    (home / "genesis.bin").write_bytes(devnet.nodes[0].home.joinpath("genesis.bin").read_bytes())
+    late = DevnetNode(4, home, read_key_file(home / "node_key.json", None, allow_insecure=True), rpc_port, p2p_port)
+    devnet.nodes.append(late)
+    devnet.start(late, ["--bootstrap", f"127.0.0.1:{devnet.nodes[0].p2p_port}", "--dev"])
+    devnet.wait_ready()
+    late_client = late.client()
+    info = late_client.call("tdml_nodeInfo")
+    late_address = info["address"]
+
+    _wait(lambda: late_client.call("tdml_blockNumber") >= client.call("tdml_blockNumber") - 2, 120, "the late node to sync")
+    assert _hash_at(late_client, 5) == _hash_at(client, 5)
+    key_file = devnet.base / "client_key.json"
+    _cli("transfer", "--key", str(key_file), "--to", late_address, "--amount", "200000", "--url", devnet.nodes[0].rpc_url)
+    _wait(lambda: late_client.call("tdml_getAccount", late_address)["balance"] >= 200000, 60, "the transfer")
+    _cli("register", "--home", str(home), "--stake", "100000", "--roles", "trainer", "--url", late.rpc_url)
+    return late, late_address
+
+
 def test_a_late_node_joins_syncs_registers_and_receives_work(tmp_path: Path) -> None:
     spec, dataset = get_job("digits-mlp", steps=400)
     devnet = Devnet.create(tmp_path / "net", 4)
@@ -94,25 +117,8 @@ def test_a_late_node_joins_syncs_registers_and_receives_work(tmp_path: Path) -> 
         client = devnet.nodes[0].client()
         job_id = submit_job(client, devnet.client_key, devnet.genesis.chain_id, spec, dataset)
         _wait(lambda: (client.call("tdml_getJob", job_id) or {"step": 0})["step"] >= 20, 120, "the job to get going")
-
-        home = tmp_path / "late"
-        rpc_port, p2p_port = free_port(), free_port()
-        _cli("init", "--home", str(home), "--insecure-dev-key", "--rpc-port", str(rpc_port), "--p2p-port", str(p2p_port))
-        (home / "genesis.bin").write_bytes(devnet.nodes[0].home.joinpath("genesis.bin").read_bytes())
-        late = DevnetNode(4, home, read_key_file(home / "node_key.json", None, allow_insecure=True), rpc_port, p2p_port)
-        devnet.nodes.append(late)
-        devnet.start(late, ["--bootstrap", f"127.0.0.1:{devnet.nodes[0].p2p_port}", "--dev"])
-        devnet.wait_ready()
+        late, late_address = join_late_trainer(devnet, tmp_path / "late")
         late_client = late.client()
-        info = late_client.call("tdml_nodeInfo")
-        late_address = info["address"]
-
-        _wait(lambda: late_client.call("tdml_blockNumber") >= client.call("tdml_blockNumber") - 2, 120, "the late node to sync")
-        assert _hash_at(late_client, 5) == _hash_at(client, 5)
-        key_file = devnet.base / "client_key.json"
-        _cli("transfer", "--key", str(key_file), "--to", late_address, "--amount", "200000", "--url", devnet.nodes[0].rpc_url)
-        _wait(lambda: late_client.call("tdml_getAccount", late_address)["balance"] >= 200000, 60, "the transfer")
-        _cli("register", "--home", str(home), "--stake", "100000", "--roles", "trainer", "--url", late.rpc_url)
         _wait(
             lambda: client.call("tdml_getTrainer", late_address)["unitsVerified"] > 0,
             120,

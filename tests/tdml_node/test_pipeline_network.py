@@ -17,7 +17,7 @@ from tdml_node.client import NodeClient
 from tdml_node.devnet import Devnet, running_devnet, submit_job
 from tdml_node.work.jobs import get_job
 from tdml_node.work.reference import run_reference
-from tests.tdml_node.test_network import SEED, _job_done, _wait
+from tests.tdml_node.test_network import SEED, _job_done, _wait, join_late_trainer
 
 pytestmark = pytest.mark.slow
 
@@ -65,3 +65,19 @@ def test_a_killed_stage_trainer_is_benched_its_stage_moves_and_the_job_ends_at_t
     assert victim_record["unitsReassigned"] > 0, f"seed {SEED}: {victim_record}"
     assert victim_record["timesSlashed"] == 0  # silence is not provable: benched, not slashed
     assert view["modelRoot"] == "0x" + run_reference(spec, dataset).final_root.hex(), f"seed {SEED}"
+
+
+def test_a_node_that_joins_mid_job_is_dealt_a_stage_and_its_stage_units_are_accepted(tmp_path: Path) -> None:
+    spec, dataset = get_job("digits-mlp-pipeline", steps=400)
+    devnet = Devnet.create(tmp_path / "net", 4)
+    with running_devnet(devnet):
+        client = devnet.nodes[0].client()
+        job_id = submit_job(client, devnet.client_key, devnet.genesis.chain_id, spec, dataset)
+        _wait(lambda: (client.call("tdml_getJob", job_id) or {"step": 0})["step"] >= 5, 300, "the job to get going")
+        late, late_address = join_late_trainer(devnet, tmp_path / "late")
+        _wait(lambda: client.call("tdml_getTrainer", late_address)["unitsVerified"] > 0, 300, "the late node's first accepted unit")
+        # Its own view (it commits that block a moment later), with every unit it trained checked.
+        _wait(lambda: late.client().call("tdml_getTrainer", late_address)["unitsVerified"] > 0, 60, "the late node's own view")
+        record = client.call("tdml_getTrainer", late_address)
+        view = client.call("tdml_getJob", job_id)
+    assert view["status"] == "active" and record["unitsRejected"] == 0, f"seed {SEED}: {record}"
