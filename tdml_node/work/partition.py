@@ -27,6 +27,7 @@ from consensus.types import JobSpec, ModelSpec, OptimizerSpec, PipelineSpec
 from consensus.work import InvalidWork
 from tdml_node.work.models import build_model_on_meta, layer_sequence
 from tdml_node.work.optim import optimizer_state_keys
+from tdml_node.work.profile import torch_dtype
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,20 +48,22 @@ def optimizer_copies(opt: OptimizerSpec) -> int:
     return sum(1 for key in optimizer_state_keys(opt) if key != "step")
 
 
-def sample_input(spec: ModelSpec, batch: int, seq_len: int) -> torch.Tensor:
-    """A meta-device input of ``batch`` samples for the model."""
+def sample_input(spec: ModelSpec, batch: int, seq_len: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A meta-device input of ``batch`` samples for the model, its features in ``dtype``."""
     args = {a.name: a.value for a in spec.args}
     if spec.name == "char_transformer":
         return torch.zeros(batch, max(1, seq_len), dtype=torch.long, device="meta")
     width = args["in_dim"] if spec.name == "mlp" else args["side"] ** 2
-    return torch.zeros(batch, width, device="meta")
+    return torch.zeros(batch, width, dtype=dtype, device="meta")
 
 
 def estimate_layers(spec: JobSpec, micro_batch: int) -> tuple[LayerEstimate, ...]:
     """The memory estimate of each layer of the job's model for one micro-batch."""
-    model = build_model_on_meta(spec.model)
+    # In the profile's dtype: a float64 job needs twice a float32 one's bytes.
+    dtype = torch_dtype(spec.profile)
+    model = build_model_on_meta(spec.model).to(dtype)
     copies = optimizer_copies(spec.optimizer)
-    h = sample_input(spec.model, micro_batch, spec.seq_len)
+    h = sample_input(spec.model, micro_batch, spec.seq_len, dtype)
     out: list[LayerEstimate] = []
     with torch.no_grad():
         for layer in layer_sequence(model):

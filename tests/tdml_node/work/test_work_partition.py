@@ -37,6 +37,9 @@ def test_the_estimate_counts_parameters_optimizer_state_and_one_micro_batch_of_o
     assert est[0].activation == 8 * 64 * 4 and est[-1].activation == 8 * 10 * 4
     adam = dataclasses.replace(spec, optimizer=OptimizerSpec("adamw", (DecimalArg("lr", Decimal("0.01")),)))
     assert [e.optimizer for e in estimate_layers(adam, 8)] == [2 * e.parameters for e in est]
+    # In the profile's dtype: float64 doubles every figure.
+    wide = dataclasses.replace(spec, profile=dataclasses.replace(spec.profile, dtype="float64"))
+    assert [e.total for e in estimate_layers(wide, 8)] == [2 * e.total for e in est]
 
 
 def test_a_stage_count_gives_the_split_with_the_smallest_largest_stage() -> None:
