@@ -247,10 +247,14 @@ def _reassign(state: LedgerDraft, job: JobState, shard: int, ctx: BlockContext, 
     if new_holder is None:
         return dataclasses.replace(job, status=JOB_STALLED)
     assignment = list(job.assignment)
-    assignment[shard] = new_holder
     deadlines = list(job.deadlines)
-    if deadlines[shard] != pipeline.NO_DEADLINE:  # a unit that cannot start yet keeps waiting for its inputs
-        deadlines[shard] = Height(ctx.height + job.spec.verification.unit_timeout_blocks)
+    # A (shard, stage) pair stays with one trainer: the other phase, if still the old holder's, moves too.
+    pair = pipeline.partner(job.spec, shard)
+    moving = [shard] + ([pair] if pair is not None and job.accepted[pair] is None and assignment[pair] == old else [])
+    for unit in moving:
+        assignment[unit] = new_holder
+        if deadlines[unit] != pipeline.NO_DEADLINE:  # a unit that cannot start yet keeps waiting for its inputs
+            deadlines[unit] = Height(ctx.height + job.spec.verification.unit_timeout_blocks)
     return dataclasses.replace(job, assignment=tuple(assignment), deadlines=tuple(deadlines))
 
 

@@ -199,6 +199,16 @@ def expand_assignment(spec: JobSpec, holders: Sequence[bytes]) -> tuple[bytes, .
     return tuple(out)
 
 
+def partner(spec: JobSpec, unit: int) -> int | None:
+    """The other unit of the same (shard, stage) pair: a forward unit's backward and back; None for the last stage."""
+    if spec.pipeline is None:
+        return None
+    place = place_of(spec, unit)
+    if place.phase == PHASE_LAST:
+        return None
+    return unit_index(spec, place.shard, 2 * stage_count(spec) - 2 - place.position)
+
+
 def opens_at_step_start(spec: JobSpec, unit: int) -> bool:
     """Whether the unit can be trained as soon as its step starts (it reads no other unit's output)."""
     return spec.pipeline is None or place_of(spec, unit).position == 0

@@ -54,6 +54,19 @@ def test_four_stages_give_seven_units_per_shard_in_chain_order() -> None:
         pipeline.place_of(spec, 14)
 
 
+def test_a_units_partner_is_the_other_phase_of_its_shard_and_stage() -> None:
+    spec = pipeline_spec(4, shards=2)
+    for u in range(pipeline.units_per_step(spec)):
+        place, other = pipeline.place_of(spec, u), pipeline.partner(spec, u)
+        if place.phase == PHASE_LAST:
+            assert other is None
+            continue
+        assert other is not None and pipeline.partner(spec, other) == u
+        mate = pipeline.place_of(spec, other)
+        assert (mate.shard, mate.stage) == (place.shard, place.stage) and mate.phase != place.phase
+    assert pipeline.partner(make_job_spec(shards=2), 0) is None
+
+
 def test_each_unit_reads_the_activations_it_starts_from_and_the_gradient_handed_to_it() -> None:
     spec = pipeline_spec(3, shards=1)  # F0=0, F1=1, LAST=2, B1=3, B0=4
     assert pipeline.input_units(spec, 0) == ()

@@ -1003,11 +1003,15 @@ def test_a_pipeline_step_deals_each_stage_of_a_shard_to_one_trainer_and_opens_on
         open_now = place.position == 0
         assert (job.deadlines[u] == Height(1 + 3)) == open_now
         assert (job.deadlines[u] == pipeline.NO_DEADLINE) == (not open_now)
-    # Past the first deadlines only the open units move; the others wait for their inputs.
+    # Past the first deadlines the open units move, each with its pair's other phase (one trainer per
+    # (shard, stage)); the units moved along and every other unit wait for their inputs, with no deadline.
     later = _empty_blocks(pre, 3, oracle).jobs[job.job_id]
     moved = {u for u in range(units) if later.assignment[u] != job.assignment[u]}
-    assert moved and moved <= {pipeline.unit_index(spec, k, 0) for k in range(spec.shards)}
-    assert all(later.deadlines[u] == pipeline.NO_DEADLINE for u in range(units) if u not in moved)
+    first = {pipeline.unit_index(spec, k, 0) for k in range(spec.shards)}
+    partners = {pipeline.partner(spec, u) for u in first}
+    assert moved & first and moved <= first | partners
+    assert all(later.assignment[pipeline.partner(spec, u)] == later.assignment[u] for u in moved & first)  # type: ignore[index]
+    assert all(later.deadlines[u] == pipeline.NO_DEADLINE for u in range(units) if u not in first)
 
 
 def test_pipeline_units_are_accepted_in_chain_order_in_one_block_and_open_their_successors() -> None:
