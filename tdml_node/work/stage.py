@@ -59,9 +59,13 @@ def _run(layers: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _leaf(x: torch.Tensor) -> torch.Tensor:
-    """The stage's input as a leaf: detached, with a gradient when it is an activation (not token ids)."""
-    return x.detach().requires_grad_(x.is_floating_point())
+def _leaf(x: torch.Tensor, hands_on: bool) -> torch.Tensor:
+    """The stage's input as a leaf: detached, with a gradient only where the unit hands one on.
+
+    Stage 0 reads the batch: the gradient of its input would be computed and
+    thrown away (the weight gradients are the same either way).
+    """
+    return x.detach().requires_grad_(hands_on and x.is_floating_point())
 
 
 def forward_unit(layers: Sequence[nn.Module], inputs: Sequence[torch.Tensor]) -> bytes:
@@ -97,7 +101,7 @@ def _backward_over(
     handed: dict[str, torch.Tensor] = {}
     losses: list[torch.Tensor] = []
     for m, (x, second) in enumerate(zip(inputs, seconds, strict=True)):
-        leaf = _leaf(x)
+        leaf = _leaf(x, hands_on)
         loss = backprop(m, _run(layers, leaf), second)
         if loss is not None:
             losses.append(loss)
