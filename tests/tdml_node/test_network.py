@@ -133,15 +133,15 @@ def test_a_late_node_joins_syncs_registers_and_receives_work(tmp_path: Path) -> 
         )
 
 
-# Its 150-step job must keep training through a stop and three kills; on a loaded 2-core machine
-# the rounds slow several times over (measured: 137 s to past 300 s under one busy core), and what
-# the test checks does not depend on speed, so it gets four times the suite's default time
-# (a full two-worker suite run took it past 600 s).
-@pytest.mark.timeout(1200)
+# Its job must keep training through a stop and three kills; on a loaded 2-core machine the rounds
+# slow many times over (measured: 137 s to past 300 s under one busy core; in one full two-worker
+# suite run, 137 of 150 steps in 900 s), and what the test checks does not depend on speed, so the
+# job is 80 steps and the test gets five times the suite's default time.
+@pytest.mark.timeout(1500)
 def test_a_stopped_node_catches_up_and_a_killed_validator_never_double_signs(tmp_path: Path) -> None:
     print(f"seed {SEED} (replay with TDML_NET_SEED={SEED})")
     rng = random.Random(SEED)
-    spec, dataset = get_job("digits-mlp", steps=150)
+    spec, dataset = get_job("digits-mlp", steps=80)
     devnet = Devnet.create(tmp_path, 4)
     observer = WireObserver(Keypair.generate(), devnet.genesis.chain_id, compute_genesis_hash(devnet.genesis))
     with running_devnet(devnet):
@@ -168,7 +168,7 @@ def test_a_stopped_node_catches_up_and_a_killed_validator_never_double_signs(tmp
             devnet.stop(victim, kill=True)
             devnet.start(victim)
             devnet.wait_ready()
-        view = _wait(lambda: _job_done(client, job_id), 900, "the job to finish")  # a bound, not a figure: 2 busy cores
+        view = _wait(lambda: _job_done(client, job_id), 1200, "the job to finish")  # a bound, not a figure: 2 busy cores
         height = client.call("tdml_blockNumber")
         blocks = [client.call("tdml_getBlockByNumber", h, True) for h in range(1, height + 1)]
         records = [client.call("tdml_getTrainer", "0x" + n.keypair.address.hex()) for n in devnet.nodes]
