@@ -53,13 +53,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from benchmarks.common import BenchResult, Settings, machine_info, now_iso
+from benchmarks.network.devnet_tools import read_metrics
 from consensus.types import JobSpec, PipelineSpec
 
 NAME = "pipeline"
@@ -96,24 +96,6 @@ def vm_kib(pid: int | str, field: str) -> int:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     raise ValueError(f"no {field} in /proc/{pid}/status")
-
-
-def scrape_metrics(rpc_url: str, names: Sequence[str]) -> dict[str, float]:
-    """The unlabelled samples named ``names`` of a node's Prometheus ``/metrics`` page; empty if it did not answer."""
-    try:
-        with urllib.request.urlopen(rpc_url + "/metrics", timeout=10) as resp:
-            text = resp.read().decode()
-    except OSError:
-        return {}
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        if name in names:
-            try:
-                out[name] = float(value)
-            except ValueError:
-                continue
-    return out
 
 
 WORK_METRICS = (
@@ -165,7 +147,7 @@ def measure_devnet(spec: JobSpec, dataset: bytes) -> DevnetFigures:
             wait_quiet(node_pids)
             client = clients[0]
             height0 = height(client) or 0
-            before = [scrape_metrics(n.rpc_url, WORK_METRICS) for n in devnet.nodes]
+            before = [read_metrics(n.rpc_url, WORK_METRICS) for n in devnet.nodes]
             started = time.perf_counter()
             job_id = submit_job(client, devnet.client_key, devnet.genesis.chain_id, spec, dataset)
             last, seen_at = spec.steps - 1, None
@@ -180,7 +162,7 @@ def measure_devnet(spec: JobSpec, dataset: bytes) -> DevnetFigures:
                 else:
                     time.sleep(POLL_SECONDS)
             height1 = height(client) or height0
-            after = [scrape_metrics(n.rpc_url, WORK_METRICS) for n in devnet.nodes]
+            after = [read_metrics(n.rpc_url, WORK_METRICS) for n in devnet.nodes]
             hwm = tuple(vm_kib(p, "VmHWM") for p in node_pids)
             view = client.call("tdml_getJob", job_id) or {}
 
@@ -479,22 +461,15 @@ def _memory_probe(case: str, hidden: int) -> dict[str, Any]:
     mine = [u for u in range(pipeline.units_per_shard(spec)) if pipeline.place_of(spec, u).stage == stage]
     results: dict[int, bytes] = {}
     handed: dict[int, bytes] = {}
-    for u in range(mine[0]):  # the units before this stage's first one in shard 0's chain
+    # The units before the stage's last one in shard 0's chain: its backward unit reads the gradient
+    # handed on by the unit just before it.
+    for u in range(mine[-1]):
         place = pipeline.place_of(spec, u)
         ins = [decode_bundle(handed[s] if g else results[s]) for s, g in pipeline.input_units(spec, u)]
         out = compute_stage_unit(model, spec, data, 0, u, states[place.stage], ins)
         results[u] = out.result
         if out.gradient is not None:
             handed[u] = out.gradient
-    # The later unit of the stage (backward) reads the gradient handed on by the unit before it: compute it too.
-    if len(mine) > 1:
-        for u in range(mine[0], mine[1]):
-            place = pipeline.place_of(spec, u)
-            ins = [decode_bundle(handed[s] if g else results[s]) for s, g in pipeline.input_units(spec, u)]
-            out = compute_stage_unit(model, spec, data, 0, u, states[place.stage], ins)
-            results[u] = out.result
-            if out.gradient is not None:
-                handed[u] = out.gradient
     inputs = {u: [decode_bundle(handed[s] if g else results[s]) for s, g in pipeline.input_units(spec, u)] for u in mine}
     # A first, unmeasured run of the case's units pays the process's first-call costs (autograd's engine, kernels).
     warm = [compute_stage_unit(model, spec, data, 0, u, states[stage], inputs[u]) for u in mine]

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from consensus import crypto
-from consensus.types import MAX_SHARDS, Hash32, JobSpec, WorkSubmission
+from consensus.types import MAX_SHARDS, Hash32, JobSpec, JobState, WorkSubmission
 
 NO_DEADLINE = 2**63 - 1
 """The deadline of a unit whose inputs are not accepted yet: it cannot be late before it can start."""
@@ -155,6 +155,11 @@ def expected_inputs(
             return None
         out.append(digest)
     return tuple(out)
+
+
+def job_inputs(job: JobState, unit: int) -> tuple[Hash32, ...] | None:
+    """``expected_inputs`` from the job's accepted outputs: what unit ``unit`` reads now; None while it cannot start."""
+    return expected_inputs(job.spec, unit, job.results, job.output_gradients)
 
 
 def successor(spec: JobSpec, unit: int) -> int | None:

@@ -356,7 +356,7 @@ def _validate_links(job: JobState, sub: WorkSubmission) -> None:
         raise WorkRejected(f"expected {expected_losses} losses, got {len(sub.losses)}")
     if (links.output_gradient is not None) != pipeline.emits_gradient(spec, unit):
         raise WorkRejected(f"unit {unit} {'must' if pipeline.emits_gradient(spec, unit) else 'cannot'} hand on a gradient")
-    inputs = pipeline.expected_inputs(spec, unit, job.results, job.output_gradients)
+    inputs = pipeline.job_inputs(job, unit)
     if inputs is None:
         raise WorkRejected(f"unit {unit}'s inputs are not accepted yet", FaultKind.STALE)
     if links.inputs != inputs:

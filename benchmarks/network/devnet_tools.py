@@ -86,8 +86,8 @@ def wait_quiet(pids: Sequence[int], *, window: float = 0.5, busy_below: float = 
         last = now
 
 
-def read_metrics(rpc_url: str) -> dict[str, float]:
-    """The unlabelled samples of a node's ``/metrics`` page that this package reads; empty if none answered."""
+def read_metrics(rpc_url: str, names: Sequence[str] = METRICS) -> dict[str, float]:
+    """The unlabelled samples ``names`` (default: those this package reads) of a node's ``/metrics`` page; empty if none answered."""
     try:
         with urllib.request.urlopen(rpc_url + "/metrics", timeout=10) as resp:
             text = resp.read().decode()
@@ -96,7 +96,7 @@ def read_metrics(rpc_url: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for line in text.splitlines():
         name, _, value = line.partition(" ")
-        if name in METRICS:
+        if name in names:
             with contextlib.suppress(ValueError):
                 out[name] = float(value)
     return out

@@ -142,6 +142,4 @@ class Duties:
             return sub.step > job.step
         if job.assignment[sub.shard] != address_of(sub.trainer):
             return True
-        return job.accepted[sub.shard] is None and (
-            pipeline.expected_inputs(job.spec, sub.shard, job.results, job.output_gradients) is None
-        )
+        return job.accepted[sub.shard] is None and pipeline.job_inputs(job, sub.shard) is None

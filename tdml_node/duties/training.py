@@ -45,7 +45,7 @@ class Training:
                 key = (job.job_id, job.step, shard)
                 if job.assignment[shard] != ctx.address or job.accepted[shard] is not None:
                     continue
-                if pipeline.expected_inputs(job.spec, shard, job.results, job.output_gradients) is None:
+                if pipeline.job_inputs(job, shard) is None:
                     continue  # a stage unit starts once the outputs it reads are accepted
                 if key in self.running or ctx.pool.unit_for(*key, ctx.address) is not None:
                     continue

@@ -235,7 +235,7 @@ def open_unit_keys(state: LedgerState) -> set[tuple[bytes, int, int]]:
         if job.status == JOB_ACTIVE
         for shard in range(pipeline.units_per_step(job.spec))
         if job.accepted[shard] is None
-        and pipeline.expected_inputs(job.spec, shard, job.results, job.output_gradients) is not None
+        and pipeline.job_inputs(job, shard) is not None
     }
 
 

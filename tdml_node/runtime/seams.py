@@ -53,7 +53,7 @@ def honest_train(executor: WorkExecutor, job: JobState, shard: int) -> TrainedUn
     """Unit ``shard`` of the step; a pipeline unit from the accepted outputs the chain links it to."""
     if job.spec.pipeline is None:
         return executor.train_unit(job, shard)
-    inputs = pipeline.expected_inputs(job.spec, shard, job.results, job.output_gradients)
+    inputs = pipeline.job_inputs(job, shard)
     if inputs is None:
         raise ValueError(f"unit {shard}'s inputs are not accepted yet")
     return executor.train_stage(job, shard, inputs)
