@@ -39,6 +39,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import ClassVar
 
 import torch
+from torch import nn
 
 from consensus import crypto, pipeline
 from consensus.crypto import Keypair
@@ -58,10 +59,10 @@ from tdml_node.runtime.seams import Judgement, Seams, honest_check, honest_train
 from tdml_node.work import stage
 from tdml_node.work.datasets import Dataset
 from tdml_node.work.executor import TorchExecutor, model_state_optimizer
-from tdml_node.work.models import build_model
+from tdml_node.work.models import build_model, build_model_skeleton
 from tdml_node.work.pipeline_state import decode_pipeline_state
 from tdml_node.work.profile import torch_dtype
-from tdml_node.work.stage_unit import StageOutput, load_stage_parameters
+from tdml_node.work.stage_unit import StageOutput, stage_parameters
 from tdml_node.work.state import parse_state
 from tdml_node.work.tensors import decode_bundle, encode_bundle
 from tdml_node.work.unit import delta_result, unit_batch
@@ -394,18 +395,26 @@ def _without_last_micro_batch(
 ) -> StageOutput:
     """Unit ``u`` as ``compute_stage_unit`` computes it, but over micro-batches 0..M-2; micro-batch M-1's outputs are zero."""
     spec = job.spec
+    dtype = torch_dtype(spec.profile)
+    model = build_model_skeleton(spec.model, dtype=dtype)
+    dataset = Dataset.decode(_get(executor, spec.dataset), task=spec.task, seq_len=spec.seq_len, dtype=dtype)
+    read = [decode_bundle(_get(executor, d)) for d in inputs]
+    with stage_parameters(model, spec, pipeline.place_of(spec, u).stage, decode_bundle(_get(executor, stage_root)),
+                          dataset.device) as params:
+        return _skipping_last(model, job, u, params, dataset, read)
+
+
+def _skipping_last(
+    model: nn.Module, job: JobState, u: int, params: dict[str, nn.Parameter], dataset: Dataset,
+    read: list[dict[str, torch.Tensor]],
+) -> StageOutput:
+    """The body of ``_without_last_micro_batch``, with the stage's parameters in place."""
+    spec = job.spec
     assert spec.pipeline is not None
     micro, place = spec.pipeline.micro_batches, pipeline.place_of(spec, u)
-    dtype = torch_dtype(spec.profile)
-    model = build_model(spec.model, seed=0, dtype=dtype)
-    load_stage_parameters(model, spec, place.stage, decode_bundle(_get(executor, stage_root)))
-    named = dict(model.named_parameters())
-    params = {n: named[n] for n in stage.stage_parameter_names(model, spec, place.stage)}
     layers = stage.stage_layers(model, spec, place.stage)
     model.train()
-    dataset = Dataset.decode(_get(executor, spec.dataset), task=spec.task, seq_len=spec.seq_len, dtype=dtype)
     x, y = unit_batch(spec, dataset, job.step, place.shard, 0)
-    read = [decode_bundle(_get(executor, d)) for d in inputs]
     acts = stage.split_micro_batches(x, micro) if place.stage == 0 else stage.read_micro_batches(read[0], stage.ACT_PREFIX, micro)
     hands_on = pipeline.emits_gradient(spec, u)
     if place.phase == pipeline.PHASE_FORWARD:

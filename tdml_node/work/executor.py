@@ -55,7 +55,7 @@ from consensus.work import (
 from tdml_node.storage import BlobStore
 from tdml_node.work import aggregate, unit
 from tdml_node.work.datasets import Dataset
-from tdml_node.work.models import build_model, validate_model_spec
+from tdml_node.work.models import build_model, build_model_skeleton, validate_model_spec
 from tdml_node.work.optim import (
     build_optimizer,
     compute_lr,
@@ -298,14 +298,14 @@ class TorchExecutor:
 
     def train_stage(self, job: WorkView, unit_index: int, inputs: tuple[Hash32, ...]) -> TrainedUnit:
         """Pipeline unit ``unit_index`` from the accepted outputs it reads (``pipeline.expected_inputs``)."""
-        ctx = self._enter(job.spec, training=True)
+        ctx = self._enter(job.spec, training=True, stage=True)
         return self._stages.train(ctx.model, ctx.dataset, ctx.receipt, job, unit_index, inputs)
 
     def replay_step(self, job: WorkView, submission: WorkSubmission, inner: int) -> ReplayOutput:
         if not 0 <= inner < job.spec.inner_steps:
             raise ValueError(f"inner step {inner} out of range")
         if job.spec.pipeline is not None:
-            ctx = self._enter(job.spec)
+            ctx = self._enter(job.spec, stage=True)
             return self._stages.replay(ctx.model, ctx.dataset, job, submission)
         produced, bits = self._replay(self._enter(job.spec), job, submission, inner)
         digest = bundle_digest(produced)
@@ -331,7 +331,7 @@ class TorchExecutor:
         if not 0 <= inner < h:
             raise ValueError(f"inner step {inner} out of range")
         if spec.pipeline is not None:
-            ctx = self._enter(spec)
+            ctx = self._enter(spec, stage=True)
             return self._stages.compare(ctx.model, ctx.dataset, job, submission)
         if len(submission.losses) != h:
             raise InvalidWork(f"the submission claims {len(submission.losses)} losses, the job has {h} inner steps")
@@ -382,8 +382,13 @@ class TorchExecutor:
     # ------------------------------------------------------------------
     # Internals
 
-    def _enter(self, spec: JobSpec, *, training: bool = False) -> _Context:
-        """Apply the profile, then fetch (or reuse) the dataset and the model for the job."""
+    def _enter(self, spec: JobSpec, *, training: bool = False, stage: bool = False) -> _Context:
+        """Apply the profile, then fetch (or reuse) the dataset and the model for the job.
+
+        ``stage``: the call computes one pipeline unit, so the model is a
+        skeleton whose stage gets storage only while the unit runs; the whole
+        model is built only for what needs it (aggregation, evaluation).
+        """
         profile = self._profile or spec.profile
         if training and self._train_threads and spec.verification.tolerance != "0":
             profile = dataclasses.replace(profile, threads=self._train_threads)
@@ -393,11 +398,11 @@ class TorchExecutor:
             validate_spec(spec)
             self._valid_specs.add(spec)
         dataset = self._dataset(spec, dtype, device)
-        model_key = (spec.model, dtype, device.type)
+        model_key = (spec.model, dtype, "meta" if stage else device.type)
         model = self._models.get(model_key)
         if model is None:
             # The seed is irrelevant: every use loads a state into the model first.
-            model = build_model(spec.model, seed=0, dtype=dtype).to(device)
+            model = build_model_skeleton(spec.model, dtype=dtype) if stage else build_model(spec.model, seed=0, dtype=dtype).to(device)
             self._models[model_key] = model
         inputs_key = (spec.dataset, spec.task, spec.seq_len, spec.model, spec.global_batch, spec.shards)
         if inputs_key not in self._checked_inputs:
@@ -468,9 +473,10 @@ class TorchExecutor:
         """
         spec = job.spec
         h = spec.inner_steps
-        ctx = self._enter(spec)
         if spec.pipeline is not None:
+            ctx = self._enter(spec, stage=True)
             return self._stages.is_malformed(ctx.model, ctx.dataset, job, submission)
+        ctx = self._enter(spec)
         try:
             if h == 1:
                 unit.parse_result(decode_bundle(self._blob(submission.result_digest)), ctx.model, spec)

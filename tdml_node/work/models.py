@@ -159,8 +159,6 @@ class CausalSelfAttention(nn.Module):
         self.n_head = cfg.n_head
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
-        mask = torch.tril(torch.ones(cfg.ctx, cfg.ctx, dtype=torch.bool))
-        self.register_buffer("mask", mask.view(1, 1, cfg.ctx, cfg.ctx), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, c = x.shape  # [B, T, d]
@@ -170,8 +168,10 @@ class CausalSelfAttention(nn.Module):
         k = k.view(b, t, self.n_head, hd).transpose(1, 2)  # [B, nh, T, hd]
         v = v.view(b, t, self.n_head, hd).transpose(1, 2)  # [B, nh, T, hd]
         att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hd))  # [B, nh, T, T]
-        mask: torch.Tensor = self.mask  # type: ignore[assignment]
-        att = att.masked_fill(~mask[:, :, :t, :t], float("-inf"))
+        # Made per call, not held as a buffer: a model holds parameters only, so a skeleton on the meta device
+        # (``build_model_skeleton``) has nothing real to lose.
+        mask = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
+        att = att.masked_fill(~mask, float("-inf"))
         att = F.softmax(att, dim=-1)
         y = att @ v  # [B, nh, T, hd]
         y = y.transpose(1, 2).contiguous().view(b, t, c)  # [B, T, d]
@@ -337,3 +337,16 @@ def build_model_on_meta(spec: ModelSpec) -> nn.Module:
     validate_model_spec(spec)
     with torch.device("meta"):
         return _REGISTRY[spec.name].build(model_args(spec))
+
+
+def build_model_skeleton(spec: ModelSpec, *, dtype: torch.dtype) -> nn.Module:
+    """The spec's model in ``dtype`` on the meta device, for stage units to give storage to one range at a time.
+
+    Registry models hold parameters only (no buffers), so nothing a forward
+    reads is lost by building on meta; a model that held one would fail here.
+    """
+    model = build_model_on_meta(spec).to(dtype)
+    buffers = [n for n, _ in model.named_buffers()]
+    if buffers:
+        raise InvalidWork(f"{spec.name} holds buffers {buffers[:3]}, which a skeleton cannot keep")
+    return model

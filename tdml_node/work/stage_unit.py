@@ -7,13 +7,19 @@ stage needs it (stage 0's inputs, the last stage's targets), and the decoded
 outputs of the units its links name, in ``consensus.pipeline.input_units``
 order: the activations it starts from, then the gradient handed to it.
 
+The model may be a skeleton (``models.build_model_skeleton``): the unit
+gives storage to its own stage's parameters only, for as long as it runs,
+so a stage trainer's model memory is its range's and not the whole
+model's (issue 8's memory must-have).
+
 This module must never read a blob store or the chain: it is handed decoded
 bundles, so the trainer's path and the checker's are one function.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -37,19 +43,38 @@ class StageOutput:
     loss_bits: int
 
 
-def load_stage_parameters(model: nn.Module, spec: JobSpec, stage_index: int, tensors: Mapping[str, torch.Tensor]) -> None:
-    """Copy a stage state bundle's parameters into the model; ``InvalidWork`` unless it holds exactly the stage's."""
-    params = dict(model.named_parameters())
+@contextmanager
+def stage_parameters(
+    model: nn.Module, spec: JobSpec, stage_index: int, tensors: Mapping[str, torch.Tensor], device: torch.device
+) -> Iterator[dict[str, nn.Parameter]]:
+    """The stage's parameters, fresh on ``device`` with the bundle's values, in the model for the body's length.
+
+    Each is swapped in for the model's own (a skeleton's are on the meta
+    device, with no memory behind them) and swapped back after, so a stage
+    unit allocates its range's parameters and nothing of the other stages'.
+    ``InvalidWork`` unless the bundle holds exactly the stage's parameters.
+    """
     names = stage.stage_parameter_names(model, spec, stage_index)
     found = {n[len(PARAM_PREFIX):] for n in tensors if n.startswith(PARAM_PREFIX)}
     if found != set(names):
         raise InvalidWork(f"stage {stage_index}'s state names {sorted(found ^ set(names))[:3]} wrongly")
-    with torch.no_grad():
+    owned = dict(model.named_parameters())
+    swapped: list[tuple[nn.Module, str, nn.Parameter]] = []
+    fresh: dict[str, nn.Parameter] = {}
+    try:
         for n in names:
-            t, p = tensors[PARAM_PREFIX + n], params[n]
+            t, p = tensors[PARAM_PREFIX + n], owned[n]
             if t.shape != p.shape or t.dtype != p.dtype:
                 raise InvalidWork(f"stage parameter {n!r} is {tuple(t.shape)} {t.dtype}, needs {tuple(p.shape)} {p.dtype}")
-            p.copy_(t)
+            path, _, leaf = n.rpartition(".")
+            module = model.get_submodule(path)
+            fresh[n] = nn.Parameter(t.to(device=device, copy=True))
+            swapped.append((module, leaf, p))
+            module.register_parameter(leaf, fresh[n])
+        yield fresh
+    finally:
+        for module, leaf, p in reversed(swapped):
+            module.register_parameter(leaf, p)
 
 
 def compute_stage_unit(
@@ -73,29 +98,27 @@ def compute_stage_unit(
         raise InvalidWork(f"unit {unit_index} reads {len(reads)} inputs, got {len(inputs)}")
     micro = spec.pipeline.micro_batches
     s = place.stage
-    load_stage_parameters(model, spec, s, stage_state)
-    named = dict(model.named_parameters())
-    params = {n: named[n] for n in stage.stage_parameter_names(model, spec, s)}
-    layers = stage.stage_layers(model, spec, s)
-    model.train()
-    # Decoded bundles are on the CPU; the stage computes where its parameters are (the profile's device).
-    device = next(iter(params.values())).device
-    x, y = (t.to(device) for t in unit.unit_batch(spec, dataset, step, place.shard, 0))
-    if s == 0:
-        acts = stage.split_micro_batches(x, micro)
-    else:
-        acts = [a.to(device) for a in stage.read_micro_batches(inputs[0], stage.ACT_PREFIX, micro)]
-    hands_on = pipeline.emits_gradient(spec, unit_index)
-    try:
-        if place.phase == PHASE_FORWARD:
-            return StageOutput(stage.forward_unit(layers, acts), None, 0)
-        if place.phase == PHASE_BACKWARD:
-            handed = [g.to(device) for g in stage.read_micro_batches(inputs[-1], stage.ACT_GRAD_PREFIX, micro)]
-            result, gradient = stage.backward_unit(layers, params, acts, handed, hands_on=hands_on)
-            return StageOutput(result, gradient, 0)
-        targets = stage.split_micro_batches(y, micro)
-        result, bits, gradient = stage.last_unit(layers, params, acts, targets, hands_on=hands_on)
-        return StageOutput(result, gradient, bits)
-    except RuntimeError as exc:
-        # A shape or dtype torch refuses: the inputs are no activations of this stage.
-        raise InvalidWork(f"unit {unit_index}'s inputs do not fit stage {s}: {str(exc)[:200]}") from exc
+    # The stage computes where the dataset is (the profile's device); decoded bundles are on the CPU.
+    device = dataset.device
+    with stage_parameters(model, spec, s, stage_state, device) as params:
+        layers = stage.stage_layers(model, spec, s)
+        model.train()
+        x, y = (t.to(device) for t in unit.unit_batch(spec, dataset, step, place.shard, 0))
+        if s == 0:
+            acts = stage.split_micro_batches(x, micro)
+        else:
+            acts = [a.to(device) for a in stage.read_micro_batches(inputs[0], stage.ACT_PREFIX, micro)]
+        hands_on = pipeline.emits_gradient(spec, unit_index)
+        try:
+            if place.phase == PHASE_FORWARD:
+                return StageOutput(stage.forward_unit(layers, acts), None, 0)
+            if place.phase == PHASE_BACKWARD:
+                handed = [g.to(device) for g in stage.read_micro_batches(inputs[-1], stage.ACT_GRAD_PREFIX, micro)]
+                result, gradient = stage.backward_unit(layers, params, acts, handed, hands_on=hands_on)
+                return StageOutput(result, gradient, 0)
+            targets = stage.split_micro_batches(y, micro)
+            result, bits, gradient = stage.last_unit(layers, params, acts, targets, hands_on=hands_on)
+            return StageOutput(result, gradient, bits)
+        except RuntimeError as exc:
+            # A shape or dtype torch refuses: the inputs are no activations of this stage.
+            raise InvalidWork(f"unit {unit_index}'s inputs do not fit stage {s}: {str(exc)[:200]}") from exc

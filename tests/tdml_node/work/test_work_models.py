@@ -1,4 +1,4 @@
-"""The model registry: validation, deterministic initialisation, state without buffers."""
+"""The model registry: validation, deterministic initialisation, parameters only, skeletons on meta."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from torch import nn
 
 from consensus.types import IntArg, ModelSpec
 from consensus.work import InvalidWork
+from tdml_node.work import models
 from tdml_node.work.models import (
     build_model,
+    build_model_skeleton,
     make_model_spec,
     registry_names,
     validate_model_spec,
@@ -49,10 +51,26 @@ def test_build_is_deterministic_and_leaves_global_rng_alone() -> None:
     assert all(v.dtype == torch.float64 for v in sa.values())
 
 
-def test_buffers_are_not_state() -> None:
-    model = build_model(TRANSFORMER, seed=0, dtype=torch.float32)
-    assert any(name.endswith("mask") for name, _ in model.named_buffers())
+@pytest.mark.parametrize("spec", [MLP_W, CNN, TRANSFORMER], ids=["mlp", "cnn", "transformer"])
+def test_a_model_holds_parameters_only_and_its_skeleton_holds_no_memory(spec: ModelSpec) -> None:
+    model = build_model(spec, seed=0, dtype=torch.float32)
+    assert not list(model.named_buffers())
     assert set(model.state_dict()) == {name for name, _ in model.named_parameters()}
+    skeleton = build_model_skeleton(spec, dtype=torch.float64)
+    assert [(n, p.shape) for n, p in skeleton.named_parameters()] == [(n, p.shape) for n, p in model.named_parameters()]
+    assert all(p.is_meta and p.dtype == torch.float64 for p in skeleton.parameters())
+
+
+def test_a_skeleton_refuses_a_model_that_holds_a_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
+    def with_buffer(spec: ModelSpec) -> nn.Module:
+        with torch.device("meta"):
+            m = nn.Linear(2, 2)
+            m.register_buffer("scale", torch.ones(2))
+            return m
+
+    monkeypatch.setattr(models, "build_model_on_meta", with_buffer)
+    with pytest.raises(InvalidWork, match="buffers"):
+        build_model_skeleton(MLP_W, dtype=torch.float32)
 
 
 def test_transformer_is_causal_and_shapes() -> None:

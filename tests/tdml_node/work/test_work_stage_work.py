@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -21,11 +24,13 @@ from consensus.types import (
     WorkSubmission,
 )
 from consensus.work import InvalidWork, check_unit
+from tdml_node.work import executor as executor_module
+from tdml_node.work import stage_unit
 from tdml_node.work.executor import TorchExecutor
 from tdml_node.work.export import export_model, load_exported
-from tdml_node.work.models import build_model
+from tdml_node.work.models import build_model, build_model_skeleton
 from tdml_node.work.reference import run_reference
-from tdml_node.work.stage import ACT_PREFIX
+from tdml_node.work.stage import ACT_PREFIX, stage_parameter_names
 from tdml_node.work.tensors import decode_bundle, encode_bundle
 
 
@@ -89,6 +94,36 @@ def test_a_stage_trainer_reads_only_its_own_stage_state() -> None:
     unit = trainer.train_stage(job, 0, ())  # F_0 of shard 0
     assert unit.links is not None and unit.links.stage_root == stage_roots[0]
     assert not trainer.blobs.has(stage_roots[1]) and not trainer.blobs.has(stage_roots[2])
+
+
+def test_stage_units_never_build_the_whole_model_and_give_storage_to_their_own_range_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spec, data = _pipeline_job(steps=1)
+    ex = make_executor(data)
+    job = job_state(spec, ex.initial_model_root(spec))
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a stage unit built the whole model")
+
+    monkeypatch.setattr(executor_module, "build_model", refuse)
+    seen: list[tuple[int, list[str]]] = []
+    real = stage_unit.stage_parameters
+
+    @contextlib.contextmanager
+    def spy(model: torch.nn.Module, *args: Any) -> Iterator[dict[str, torch.nn.Parameter]]:
+        with real(model, *args) as params:
+            seen.append((args[1], [n for n, p in model.named_parameters() if not p.is_meta]))
+            yield params
+        assert all(p.is_meta for p in model.parameters())  # the range's storage is handed back
+
+    monkeypatch.setattr(stage_unit, "stage_parameters", spy)
+    subs = _train_step(ex, job)
+    assert check_unit(ex, job, subs[3], (0,)).failure == FAILURE_NONE
+    skeleton = build_model_skeleton(spec.model, dtype=torch.float32)
+    for s, real_names in seen:
+        assert real_names == list(stage_parameter_names(skeleton, spec, s)), s
+    assert {s for s, _ in seen} == {0, 1, 2}
 
 
 def _one_step(micro: int = 2) -> tuple[TorchExecutor, JobState, list[WorkSubmission]]:
