@@ -16,18 +16,40 @@ from collections.abc import Sequence
 from consensus.types import Address, Hash32
 
 
+def _dealing_order(step_seed: Hash32, job_id: Hash32, step: int, trainers: Sequence[Address]) -> list[Address]:
+    def rank(addr: Address) -> bytes:
+        return hashlib.sha256(b"TDML/assign/" + step_seed + job_id + step.to_bytes(8, "big") + addr).digest()
+
+    return sorted(trainers, key=rank)
+
+
 def compute_assignment(
     step_seed: Hash32, job_id: Hash32, step: int, shards: int, trainers: Sequence[Address]
 ) -> tuple[Address, ...]:
     """Deal ``shards`` to ``trainers`` in an order drawn from the step seed."""
     if not trainers:
         return ()
-
-    def rank(addr: Address) -> bytes:
-        return hashlib.sha256(b"TDML/assign/" + step_seed + job_id + step.to_bytes(8, "big") + addr).digest()
-
-    order = sorted(trainers, key=rank)
+    order = _dealing_order(step_seed, job_id, step, trainers)
     return tuple(order[k % len(order)] for k in range(shards))
+
+
+def compute_stage_assignment(
+    step_seed: Hash32, job_id: Hash32, step: int, shards: int, stages: int, trainers: Sequence[Address]
+) -> tuple[Address, ...]:
+    """Deal a pipeline step's (shard, stage) holders, slot ``shard * stages + stage``, by stage first.
+
+    Trainer i of the drawn order takes stage ``i % stages`` and the stage's
+    shards are dealt among the trainers of that stage: with at least as many
+    trainers as stages, each holds one stage (data parallel within it) and so
+    fetches and keeps one range; with fewer, trainer ``s % T`` holds stage s.
+    """
+    if not trainers:
+        return ()
+    order = _dealing_order(step_seed, job_id, step, trainers)
+    if len(order) < stages:
+        return tuple(order[s % len(order)] for _ in range(shards) for s in range(stages))
+    groups = [order[s::stages] for s in range(stages)]
+    return tuple(groups[s][k % len(groups[s])] for k in range(shards) for s in range(stages))
 
 
 def compute_reassignment(

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 
 from consensus import crypto, pipeline
-from consensus.assignment import compute_assignment, compute_reassignment
+from consensus.assignment import compute_assignment, compute_reassignment, compute_stage_assignment
 from consensus.errors import InvalidBlock
 from consensus.state import BlockContext, LedgerDraft, get_trainers
 from consensus.types import (
@@ -65,7 +65,12 @@ def start_step(state: LedgerDraft, job: JobState, ctx: BlockContext) -> JobState
             step_seed=ctx.parent_hash,
         )
     deadline = Height(ctx.height + spec.verification.unit_timeout_blocks)
-    holders = compute_assignment(ctx.parent_hash, job.job_id, job.step, pipeline.holder_slots(spec), trainers)
+    if spec.pipeline is None:
+        holders = compute_assignment(ctx.parent_hash, job.job_id, job.step, spec.shards, trainers)
+    else:
+        holders = compute_stage_assignment(
+            ctx.parent_hash, job.job_id, job.step, spec.shards, pipeline.stage_count(spec), trainers
+        )
     return dataclasses.replace(
         job,
         status=JOB_ACTIVE,

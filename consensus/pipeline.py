@@ -183,11 +183,6 @@ def claimed_output(submission: WorkSubmission) -> Hash32:
     return combined_output(submission.result_digest, links.output_gradient)
 
 
-def holder_slots(spec: JobSpec) -> int:
-    """How many trainers a step deals to: one per (shard, stage); K without a pipeline."""
-    return spec.shards * stage_count(spec) if spec.pipeline is not None else spec.shards
-
-
 def expand_assignment(spec: JobSpec, holders: Sequence[bytes]) -> tuple[bytes, ...]:
     """Every unit's trainer from the (shard, stage) holders: a stage's units of a shard stay with one trainer.
 

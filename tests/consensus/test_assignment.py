@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from consensus import crypto
-from consensus.assignment import compute_assignment, compute_reassignment
+from consensus.assignment import compute_assignment, compute_reassignment, compute_stage_assignment
 from consensus.types import Address
 
 
@@ -28,6 +28,26 @@ def test_assignment_is_balanced_and_deterministic(shards: int, n: int, salt: byt
     counts = Counter(got)
     assert max(counts.values()) - min(counts.get(t, 0) for t in trainers) <= 1
     assert got == compute_assignment(seed, job, 3, shards, list(reversed(trainers)))
+
+
+@property_settings(100)
+@given(shards=st.integers(1, 8), stages=st.integers(1, 6), n=st.integers(1, 12), salt=st.binary(min_size=1, max_size=8))
+def test_a_pipeline_step_deals_each_trainer_as_few_stages_as_it_can(shards: int, stages: int, n: int, salt: bytes) -> None:
+    trainers = _addrs(n)
+    seed, job = crypto.sha256(salt), crypto.sha256(b"job" + salt)
+    got = compute_stage_assignment(seed, job, 3, shards, stages, trainers)
+    assert len(got) == shards * stages and set(got) <= set(trainers)
+    held: dict[Address, set[int]] = {}
+    for slot, holder in enumerate(got):
+        held.setdefault(holder, set()).add(slot % stages)
+    # A stage's memory is its range: with T >= S every trainer holds one stage, with fewer ceil(S/T) at most.
+    assert max(len(h) for h in held.values()) == -(-stages // n) if n < stages else all(len(h) == 1 for h in held.values())
+    used = min(n, stages * shards)
+    assert len(held) == used  # nobody idles while a slot could use them
+    for s in range(stages):  # within a stage, shards are dealt evenly among its trainers
+        counts = Counter(got[k * stages + s] for k in range(shards))
+        assert max(counts.values()) - min(counts.values()) <= 1
+    assert got == compute_stage_assignment(seed, job, 3, shards, stages, list(reversed(trainers)))
 
 
 def test_assignment_varies_with_seed_and_step_and_handles_no_trainers() -> None:
