@@ -23,6 +23,7 @@ from consensus.transition import BlockResult, InvalidBlock, apply_block
 from consensus.types import Block, SignedVerdict
 from consensus.work import (
     WorkExecutor,
+    WorkOracle,
     check_unit,
     compute_checker_slots,
     sample_for,
@@ -42,15 +43,20 @@ def validate_proposal(
     checker: Keypair,
     executor: WorkExecutor,
     own_verdicts: Mapping[bytes, SignedVerdict],
+    model_work: WorkOracle | None,
 ) -> BlockResult:
     """The state after ``block`` if this validator may prevote it; raises ``InvalidBlock`` otherwise.
 
     ``own_verdicts`` are the verdicts this validator already signed, by
-    submission id.
+    submission id. ``model_work`` is what the block's model work is
+    recomputed with: the executor on a validator; None on a node that takes
+    it from the commit (it never votes).
     """
-    result = apply_block(state, block, executor)
     validators = get_validator_set(state)
     me = checker.public_key
+    if me in validators and model_work is None:
+        raise ValueError("a validator recomputes the model work of what it prevotes")
+    result = apply_block(state, block, model_work)
     if me not in validators:
         return result
     for signed in block.body.submissions:

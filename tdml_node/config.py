@@ -21,6 +21,11 @@ from typing import Any
 from consensus.tendermint import TimeoutConfig
 from tdml_node.logfmt import FORMATS, LEVELS
 
+MODEL_ALL = "all"
+MODEL_ASSIGNED = "assigned"
+MODEL_STATES = (MODEL_ALL, MODEL_ASSIGNED)
+"""The ``model_state`` settings (``tdml_node.node.model_holding`` says what each means)."""
+
 CONFIG_FILE = "config.toml"
 GENESIS_FILE = "genesis.bin"
 KEY_FILE = "node_key.json"
@@ -70,6 +75,9 @@ class NodeConfig:
     proposal off the wire seconds late, and a delay set below that costs honest rounds (decision 26)."""
     train_threads: int = 0
     """Threads this node trains with on jobs that tolerate other profiles (0: the job's own)."""
+    model_state: str = "all"
+    """``all``: recompute every step's model work and hold every stage; ``assigned``: a trainer that does not
+    validate takes it from the certified blocks and holds only the partitions it is dealt."""
     retain_steps: int = 8
     """Work blobs (results, checkpoints) and model states of older steps are pruned."""
     max_peers: int = 32
@@ -114,7 +122,7 @@ def cookie_file(home: Path) -> Path:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(NodeConfig) if f.name != "home"}
-_CHOICES: dict[str, tuple[str, ...]] = {"log_level": LEVELS, "log_format": FORMATS}
+_CHOICES: dict[str, tuple[str, ...]] = {"log_level": LEVELS, "log_format": FORMATS, "model_state": MODEL_STATES}
 
 
 def load_config(home: Path, overrides: dict[str, Any] | None = None) -> NodeConfig:
@@ -181,6 +189,9 @@ COMMENTS: dict[str, str] = {
     "timely_precision_ms": "Proposer-based timestamps: how far clocks may differ, and how long a proposal\n"
     "may travel; a fresh proposal whose block time falls outside is prevoted nil (decision 26).",
     "train_threads": "Threads for jobs that tolerate other execution profiles (0: the job's own).",
+    "model_state": "all: recompute every step's aggregation and hold every stage of every job (a full node).\n"
+    "assigned: a trainer that is no validator takes step outcomes from the blocks its validators certify\n"
+    "and fetches only the model partitions it is dealt; a validator always recomputes.",
     "retain_steps": "Work blobs and model states older than this many steps of their job are deleted.",
     "max_peers": "Peer connections kept.",
     "log_level": "debug, info, warning or error; logs go to stderr.",

@@ -24,7 +24,7 @@ from tdml_node.cli.options import (
     passphrase_option,
     read_passphrase,
 )
-from tdml_node.config import NodeConfig, load_config, write_config
+from tdml_node.config import MODEL_STATES, NodeConfig, load_config, write_config
 from tdml_node.devtools.catalogue import ALL_BEHAVIOURS
 from tdml_node.genesis import (
     DEV_CHAIN_SUFFIXES,
@@ -176,6 +176,12 @@ def genesis_show(path: Path) -> None:
 @click.option("--log-level", type=click.Choice(LEVELS), help="Log verbosity (default info; debug adds a line per block and vote).")
 @click.option("--log-format", type=click.Choice(FORMATS), help="Log lines on stderr: logfmt key=value (default) or one JSON object each.")
 @click.option(
+    "--model-state",
+    type=click.Choice(MODEL_STATES),
+    help="all (default): recompute every step and hold every stage of every job. assigned: a trainer that does "
+    "not validate takes step outcomes from the certified blocks and fetches only the model partitions it is dealt.",
+)
+@click.option(
     "--byzantine",
     type=click.Choice(ALL_BEHAVIOURS),
     help="TEST NETWORKS ONLY (refused without --dev): misbehave on purpose, for the adversarial suite and demos. "
@@ -194,6 +200,7 @@ def run(
     passphrase_file: Path | None,
     log_level: str | None,
     log_format: str | None,
+    model_state: str | None,
     byzantine: str | None,
 ) -> None:
     """Run a node: join the chain of its genesis, train, validate, and serve JSON-RPC."""
@@ -210,6 +217,7 @@ def run(
             "dev": dev,
             "log_level": log_level,
             "log_format": log_format,
+            "model_state": model_state,
             "byzantine": (byzantine,) if byzantine else (),
         },
     )

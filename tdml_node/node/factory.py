@@ -27,6 +27,7 @@ from tdml_node.duties import Duties, DutyContext
 from tdml_node.metrics import ChainReads, NodeMetrics
 from tdml_node.node.handlers import PeerHandlers
 from tdml_node.node.intake import TransactionIntake
+from tdml_node.node.model_holding import ModelHolding
 from tdml_node.node.node import InboxItem, Node, NodeHalted, NodeParts
 from tdml_node.node.peer_gate import PeerInboxGate
 from tdml_node.node.privval import PrivValidator
@@ -145,12 +146,14 @@ def _assemble(
         ),
         standin_after=standin_after,
     )
+    holding = ModelHolding(config.model_state, keypair.public_key, executor)
     intake = TransactionIntake(
-        keypair=keypair, chain=chain, mempool=mempool, worker=worker, executor=executor, network=network, wake=wakeup.notify
+        keypair=keypair, chain=chain, mempool=mempool, worker=worker, holding=holding, network=network, wake=wakeup.notify
     )
     parts = NodeParts(
         store=store,
         executor=executor,
+        holding=holding,
         chain=chain,
         core=TendermintCore(chain.chain_id, keypair.public_key, config.timeouts),
         network=network,
@@ -185,6 +188,7 @@ def _assemble(
             workpool=workpool,
             runner=runner,
             executor=executor,
+            holding=holding,
             seams=seams,
             hold=hold,
             deliver=inbox.put_nowait,

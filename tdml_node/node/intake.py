@@ -16,7 +16,7 @@ from collections.abc import Callable
 from consensus.crypto import Keypair
 from consensus.transition import BlockContext, compute_job_id
 from consensus.types import Hash32, Height, SignedTransaction, SubmitJob
-from consensus.work import WorkOracle
+from tdml_node.node.model_holding import ModelHolding
 from tdml_node.pools import Mempool, check_transaction, tx_hash
 from tdml_node.runtime.netlink import Network
 from tdml_node.runtime.views import ChainView
@@ -33,7 +33,7 @@ class TransactionIntake:
         chain: ChainView,
         mempool: Mempool,
         worker: Worker,
-        executor: WorkOracle,
+        holding: ModelHolding,
         network: Network,
         wake: Callable[[], None],
     ) -> None:
@@ -41,7 +41,7 @@ class TransactionIntake:
         self.chain = chain
         self.mempool = mempool
         self.worker = worker
-        self.executor = executor
+        self.holding = holding
         self.network = network
         self._wake = wake
 
@@ -53,7 +53,8 @@ class TransactionIntake:
         state = self.chain.state
         ctx = BlockContext(state.chain_id, Height(state.height + 1), state.tip_hash, self.keypair.public_key)
         earlier = self.mempool.earlier_of(signed)
-        await self.worker.submit(PRIORITY_CONSENSUS, check_transaction, state, ctx, earlier, signed, self.executor)
+        oracle = self.holding.oracle(self.chain.validators())
+        await self.worker.submit(PRIORITY_CONSENSUS, check_transaction, state, ctx, earlier, signed, oracle)
         self.mempool.admit(signed, state)
         payload = signed.tx.payload
         origin_name = "peer" if origin is not None else "client"

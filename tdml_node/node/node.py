@@ -80,6 +80,7 @@ from tdml_node.metrics import NodeMetrics
 from tdml_node.node.handlers import FromPeer, PeerHandlers, as_event
 from tdml_node.node.intake import TransactionIntake
 from tdml_node.node.lifecycle import BlockEvents
+from tdml_node.node.model_holding import ModelHolding
 from tdml_node.node.privval import PrivValidator
 from tdml_node.node.proposal_hold import ProposalHold
 from tdml_node.node.proposer import Proposer
@@ -95,7 +96,7 @@ from tdml_node.runtime.tasks import StopSignal, TaskOwner
 from tdml_node.runtime.views import BlockListener, ChainHead, ChainView, CommittedBlock
 from tdml_node.runtime.wakeup import Wakeup
 from tdml_node.runtime.workqueue import PRIORITY_CONSENSUS, PRIORITY_TRAIN, Offload
-from tdml_node.storage import ChainStore, Retention, step_state
+from tdml_node.storage import ChainStore, Retention, stage_roots, step_state
 from tdml_node.work.executor import TorchExecutor
 
 log = logging.getLogger("tdml.node")
@@ -124,6 +125,7 @@ class NodeParts:
 
     store: ChainStore
     executor: TorchExecutor
+    holding: ModelHolding
     chain: ChainHead
     core: TendermintCore
     network: Network
@@ -223,6 +225,10 @@ class Node:
     @property
     def torch_version(self) -> str:
         return self.parts.executor.torch_version
+
+    @property
+    def model_state(self) -> str:
+        return self.config.model_state
 
     @property
     def started_at(self) -> float:
@@ -446,7 +452,8 @@ class Node:
         if result is None:
             result = parts.checker.result_for(block_hash)
         if result is None:
-            result = await parts.runner.run(PRIORITY_CONSENSUS, apply_block, self.state, block, parts.executor)
+            oracle = parts.holding.oracle(self._chain.validators())
+            result = await parts.runner.run(PRIORITY_CONSENSUS, apply_block, self.state, block, oracle)
         states = [step_state(parts.store, result.state, o) for o in result.completed]
         blobs = [b for s in states for b in s.blobs]
         started = time.perf_counter()
@@ -465,7 +472,7 @@ class Node:
             self.network.forget(dropped)
         parts.duties.prune()
         parts.retention.record_block(block, {s.root: s.parts for s in states})
-        expired = parts.retention.expired(state)
+        expired = parts.retention.expired(state, lambda root: stage_roots(parts.store, root))
         if expired:
             await parts.offload(parts.store.delete_blobs, expired)
         committed = CommittedBlock(block, block_hash, cert, state)

@@ -18,11 +18,12 @@ from collections.abc import Callable
 from consensus.crypto import Keypair
 from consensus.errors import ProtocolError
 from consensus.prevote import validate_proposal
-from consensus.state import LedgerState
+from consensus.state import LedgerState, get_validator_set
 from consensus.tendermint import TimeoutElapsed, ValidityResult
 from consensus.transition import BlockResult, compute_block_hash
 from consensus.types import Block, Hash32, Height, Round, SignedVerdict
 from consensus.work import WorkExecutor, WorkUnavailable
+from tdml_node.node.model_holding import ModelHolding
 from tdml_node.node.proposal_hold import ProposalHold
 from tdml_node.pools import WorkPool
 from tdml_node.runtime.runner import WorkRunner
@@ -42,6 +43,7 @@ class ProposalChecker:
         workpool: WorkPool,
         runner: WorkRunner,
         executor: WorkExecutor,
+        holding: ModelHolding,
         seams: Seams,
         hold: ProposalHold,
         deliver: Callable[[ValidityResult | TimeoutElapsed], None],
@@ -51,6 +53,7 @@ class ProposalChecker:
         self.workpool = workpool
         self.runner = runner
         self.executor = executor
+        self.holding = holding
         self.seams = seams
         self.hold = hold
         self._deliver = deliver
@@ -103,7 +106,8 @@ class ProposalChecker:
     ) -> Judgement:
         try:
             result = await self.runner.run(
-                PRIORITY_CONSENSUS, validate_proposal, state, block, self.keypair, self.executor, own
+                PRIORITY_CONSENSUS, validate_proposal, state, block, self.keypair, self.executor, own,
+                self.holding.oracle(get_validator_set(state)),
             )
         except (WorkUnavailable, ProtocolError) as exc:
             log.info("proposal %s cannot be accepted: %s", block_hash.hex()[:16], exc)

@@ -17,7 +17,14 @@ from typing import Any
 from consensus import crypto
 from consensus.codec import DecodeError, decode_as, encode
 from consensus.transition import compute_block_hash
-from consensus.types import FalsePass, FalseVerdict, Hash32, SignedTransaction, WorkFraud
+from consensus.types import (
+    FalsePass,
+    FalseVerdict,
+    Hash32,
+    PipelineState,
+    SignedTransaction,
+    WorkFraud,
+)
 from consensus.work import submission_id
 from tdml_node import __version__
 from tdml_node.jsonview import hex0x, to_json
@@ -200,8 +207,9 @@ class RpcMethods:
         job = self.node.chain.state.jobs.get(Hash32(job_id))
         if job is None:
             return None
-        data = self.node.store.get(job.model_root)
-        return {
+        store = self.node.store
+        data = store.get(job.model_root)
+        view = {
             "job": hex0x(job_id),
             "step": job.step,
             "modelRoot": hex0x(job.model_root),
@@ -210,6 +218,14 @@ class RpcMethods:
             "blobPath": f"/blob/{hex0x(job.model_root)}",
             "model": to_json(job.spec.model),
         }
+        if job.spec.pipeline is not None:
+            # Which partitions this node holds (a node with model_state = assigned holds only those it is dealt);
+            # unknown (None) while it does not hold the root's stage list itself.
+            roots = decode_as(data, PipelineState).stage_roots if data is not None else None
+            view["stages"] = None if roots is None else [
+                {"stage": s, "stateRoot": hex0x(r), "held": store.has(r)} for s, r in enumerate(roots)
+            ]
+        return view
 
     # ------------------------------------------------------------ accounts and nodes
 
@@ -268,6 +284,7 @@ class RpcMethods:
             "validator": key in node.chain.validators(),
             "peers": node.network.peer_count(),
             "torchVersion": node.torch_version,
+            "modelState": node.model_state,
             "uptimeSeconds": round(time.time() - node.started_at, 3),
         }
 

@@ -113,6 +113,9 @@ class NodeView(Protocol):
     def torch_version(self) -> str: ...
 
     @property
+    def model_state(self) -> str: ...
+
+    @property
     def started_at(self) -> float: ...
 
     @property

@@ -15,6 +15,6 @@ decides protocol questions.
 from tdml_node.storage.blobs import BlobStore, MemoryBlobStore
 from tdml_node.storage.chainstore import ChainStore, StorageError, Tip
 from tdml_node.storage.retention import Retention
-from tdml_node.storage.step_state import StepState, step_state
+from tdml_node.storage.step_state import StepState, stage_roots, step_state
 
-__all__ = ["BlobStore", "ChainStore", "MemoryBlobStore", "Retention", "StepState", "StorageError", "Tip", "step_state"]
+__all__ = ["BlobStore", "ChainStore", "MemoryBlobStore", "Retention", "StepState", "StorageError", "Tip", "stage_roots", "step_state"]

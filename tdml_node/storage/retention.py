@@ -14,10 +14,10 @@ This module must never touch the store itself.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from consensus.state import LedgerState
-from consensus.types import Block, Hash32
+from consensus.types import Block, Hash32, JobState
 
 
 class Retention:
@@ -38,7 +38,16 @@ class Retention:
             self._parts[outcome.model_root] = parts
             self._by_step.setdefault((outcome.job, outcome.step + 1), []).extend((outcome.model_root, *parts))
 
-    def expired(self, state: LedgerState) -> list[Hash32]:
+    def expired(self, state: LedgerState, parts_of: Callable[[Hash32], Sequence[Hash32]] | None = None) -> list[Hash32]:
+        """The blobs to delete now, each once. ``parts_of(root)`` reads the blobs a model root names where the
+        commit did not (a node that takes the model work from the commit fetches stage bundles later)."""
+
+        def named_by(root: Hash32, job: JobState | None) -> tuple[Hash32, ...]:
+            known = self._parts.get(root, ())
+            if known or parts_of is None or job is None or job.spec.pipeline is None:
+                return known
+            return tuple(parts_of(root))
+
         gone_keys: set[tuple[bytes, int]] = set()
         for key in self._by_step:
             job = state.jobs.get(Hash32(key[0]))
@@ -46,13 +55,17 @@ class Retention:
                 gone_keys.add(key)
         current = {job.model_root for job in state.jobs.values()}
         protected = current | {job.spec.dataset for job in state.jobs.values()}
-        protected |= {p for root in current for p in self._parts.get(root, ())}
+        protected |= {p for job in state.jobs.values() for p in named_by(job.model_root, job)}
         # A blob named again by a step still kept (a stage bundle that did not change) stays too.
         protected |= {d for key, digests in self._by_step.items() if key not in gone_keys for d in digests}
         out: dict[Hash32, None] = {}  # in the order recorded, each once
         for key in sorted(gone_keys):
+            job = state.jobs.get(Hash32(key[0]))
             for digest in self._by_step.pop(key):
-                if digest not in protected:
-                    self._parts.pop(digest, None)
-                    out[digest] = None
+                if digest in protected:
+                    continue
+                out[digest] = None
+                if digest in self._parts:
+                    out.update((d, None) for d in named_by(digest, job) if d not in protected)
+                    del self._parts[digest]
         return list(out)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from consensus.codec import decode_as
+from consensus.codec import DecodeError, decode_as
 from consensus.state import LedgerState
 from consensus.types import Hash32, PipelineState, StepOutcome
 from tdml_node.storage.chainstore import ChainStore
@@ -38,3 +38,14 @@ def step_state(store: ChainStore, state: LedgerState, outcome: StepOutcome) -> S
     roots = decode_as(data, PipelineState).stage_roots
     stages = (store.get(root) for root in roots)
     return StepState(outcome.model_root, (data, *(b for b in stages if b is not None)), tuple(roots))
+
+
+def stage_roots(store: ChainStore, root: Hash32) -> tuple[Hash32, ...]:
+    """The stage bundles a pipeline job's model root names, if this node holds the root's blob (else none)."""
+    data = store.get(root)
+    if data is None:
+        return ()
+    try:
+        return tuple(decode_as(data, PipelineState).stage_roots)
+    except DecodeError:
+        return ()

@@ -28,6 +28,7 @@ def test_defaults_file_and_flags(tmp_path: Path) -> None:
         ('bootstrap = [1]\n', "list of strings"),
         ('log_level = "verbose"\n', "log_level must be one of debug, info, warning, error, not 'verbose'"),
         ('log_format = "xml"\n', "log_format must be one of logfmt, json"),
+        ('model_state = "some"\n', "model_state must be one of all, assigned, not 'some'"),
     ],
 )
 def test_bad_config_is_a_clear_error(tmp_path: Path, text: str, message: str) -> None:

@@ -87,15 +87,17 @@ def test_four_nodes_train_the_reference_model(tmp_path: Path) -> None:
     assert all(t["unitsVerified"] > 0 and t["unitsRejected"] == 0 for t in trainers)
 
 
-def join_late_trainer(devnet: Devnet, home: Path) -> tuple[DevnetNode, str]:
-    """A fifth node started mid-job from the genesis file, synced, funded and registered as a trainer."""
+def join_late_trainer(devnet: Devnet, home: Path, extra: tuple[str, ...] = ()) -> tuple[DevnetNode, str]:
+    """A fifth node started mid-job from the genesis file, synced, funded and registered as a trainer.
+
+    ``extra``: more ``tdml-node run`` flags for it."""
     client = devnet.nodes[0].client()
     rpc_port, p2p_port = free_port(), free_port()
     _cli("init", "--home", str(home), "--insecure-dev-key", "--rpc-port", str(rpc_port), "--p2p-port", str(p2p_port))
     (home / "genesis.bin").write_bytes(devnet.nodes[0].home.joinpath("genesis.bin").read_bytes())
     late = DevnetNode(4, home, read_key_file(home / "node_key.json", None, allow_insecure=True), rpc_port, p2p_port)
     devnet.nodes.append(late)
-    devnet.start(late, ["--bootstrap", f"127.0.0.1:{devnet.nodes[0].p2p_port}", "--dev"])
+    devnet.start(late, ["--bootstrap", f"127.0.0.1:{devnet.nodes[0].p2p_port}", "--dev", *extra])
     devnet.wait_ready()
     late_client = late.client()
     info = late_client.call("tdml_nodeInfo")

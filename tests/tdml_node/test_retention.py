@@ -26,8 +26,8 @@ def _block(step: int, *, results: tuple[str, ...] = (), root: str | None = None)
     return SimpleNamespace(body=SimpleNamespace(submissions=subs, outcomes=outcomes))
 
 
-def _state(step: int, root: str) -> Any:
-    job = SimpleNamespace(model_root=_d(root), step=step, spec=SimpleNamespace(dataset=DATASET))
+def _state(step: int, root: str, *, pipeline: bool = False) -> Any:
+    job = SimpleNamespace(model_root=_d(root), step=step, spec=SimpleNamespace(dataset=DATASET, pipeline=pipeline or None))
     return SimpleNamespace(jobs={JOB: job})
 
 
@@ -54,3 +54,29 @@ def test_a_pipeline_steps_stage_bundles_expire_with_its_root_and_the_current_one
     assert set(r.expired(SimpleNamespace(jobs={}))) == {
         _d("root3"), _d("s0@3"), _d("s1 unchanged"), _d("root4"), _d("s0@4"),
     }
+
+
+def test_stage_bundles_a_node_fetched_after_the_commit_expire_too_and_the_current_ones_stay() -> None:
+    # A node that takes the model work from the commit holds no new root when it commits: nothing is named
+    # then. The stage bundles it fetches later (to train its stage) are read off the root blob at expiry.
+    r = Retention(keep_steps=1)
+    for step in range(4):
+        r.record_block(_block(step, root=f"root{step + 1}"), {})
+    held = {_d(f"root{k}"): (_d(f"s1@{k}"),) for k in (1, 2, 4)}  # it trained stage 1 at steps 0, 1 and 3
+    reads: list[Hash32] = []
+
+    def parts_of(root: Hash32) -> tuple[Hash32, ...]:
+        reads.append(root)
+        return held.get(root, ())
+
+    gone = r.expired(_state(4, "root4", pipeline=True), parts_of)
+    assert set(gone) == {_d("root1"), _d("s1@1"), _d("root2"), _d("s1@2")}
+    assert _d("s1@4") not in gone
+    assert set(reads) == {_d("root1"), _d("root2"), _d("root4")}  # the expired roots and the current one
+    # A plain job's roots are state bundles, never read for parts.
+    r2 = Retention(keep_steps=1)
+    for step in range(3):
+        r2.record_block(_block(step, root=f"root{step + 1}"), {})
+    reads.clear()
+    assert r2.expired(_state(3, "root3"), parts_of) == [_d("root1")]
+    assert reads == []
