@@ -22,11 +22,13 @@ Measured, in this order:
    forward units' activation blobs and the handed-on activation-gradient
    blobs; for torch pipelining, the bytes of the tensors the stages send each
    other (activations forward, their gradients backward), from the shapes;
-5. unit memory, stage versus whole model: in a fresh process per case, the
-   rise of the peak RSS over its baseline while one shard's units of one stage
-   run (``compute_stage_unit``), against one whole-model unit of the same
-   model and micro-batches (a one-stage layout), for the job's model and for
-   a wide one (hidden 2048) where parameters dominate.
+5. a stage trainer's memory, stage versus whole model: in a fresh process per
+   case, the rise of the peak RSS over its baseline while the node's work for
+   one shard's units of one stage at step 1 runs (decode the stage's committed
+   bundle, with its optimizer state; build the skeleton model; decode the
+   inputs; ``compute_stage_unit``), against the same for the whole model as
+   one stage (S = 1), for the job's model and for a wide one (hidden 2048)
+   where parameters dominate.
 
 ``python -m benchmarks.bench_pipeline [--quick] [--steps N]`` writes
 ``benchmarks/results/pipeline.json`` and ``pipeline.md`` (``pipeline-quick.*``
@@ -53,7 +55,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -71,7 +73,7 @@ STEPS = (50, 8)
 TORCH_WARMUP_STEPS = 3
 """Untimed steps each torch pipelining run takes first (gloo connections, first-call costs)."""
 WIDE_HIDDEN = 2048
-"""Hidden width of the wide model of the memory comparison (8.5 M parameters, 34 MB)."""
+"""Hidden width of the wide model of the memory comparison (5 hidden layers: 16.9 M parameters, 67 MB)."""
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
 """For the memory probes: glibc maps every large tensor on its own and gives it back when freed, so RSS follows tensors."""
 JOB_TIMEOUT = 420.0
@@ -372,42 +374,52 @@ class StepBlobs:
     blobs: int
 
 
+def run_units(
+    model: Any, spec: JobSpec, data: Any, step: int, states: Sequence[Any], units: Iterable[int],
+) -> tuple[dict[int, bytes], dict[int, bytes]]:
+    """The given units of ``step`` in chain order, each from the outputs before it: (results, handed-on gradients)."""
+    from consensus import pipeline
+    from tdml_node.work.stage_unit import compute_stage_unit
+    from tdml_node.work.tensors import decode_bundle
+
+    results: dict[int, bytes] = {}
+    handed: dict[int, bytes] = {}
+    for u in units:
+        place = pipeline.place_of(spec, u)
+        inputs = [decode_bundle(handed[src] if gradient else results[src]) for src, gradient in pipeline.input_units(spec, u)]
+        out = compute_stage_unit(model, spec, data, step, u, states[place.stage], inputs)
+        results[u] = out.result
+        if out.gradient is not None:
+            handed[u] = out.gradient
+    return results, handed
+
+
 def compute_step_blobs(spec: JobSpec, dataset: bytes, step: int = 0) -> StepBlobs:
     """Every unit of step ``step`` from the initial state, in chain order, as a trainer computes it."""
     from consensus import pipeline
     from consensus.pipeline import PHASE_FORWARD
     from tdml_node.work.datasets import Dataset
-    from tdml_node.work.models import build_model
+    from tdml_node.work.models import build_model, build_model_skeleton
     from tdml_node.work.pipeline_state import encode_stage_states
     from tdml_node.work.profile import apply_profile, torch_dtype
-    from tdml_node.work.stage_unit import compute_stage_unit
     from tdml_node.work.tensors import decode_bundle
 
     apply_profile(spec.profile)
     dtype = torch_dtype(spec.profile)
     data = Dataset.decode(dataset, task=spec.task, seq_len=spec.seq_len, dtype=dtype)
-    model = build_model(spec.model, seed=spec.seed, dtype=dtype)
-    states = [decode_bundle(b) for b in encode_stage_states(model, spec)]
-    results: dict[int, bytes] = {}
-    handed: dict[int, bytes] = {}
-    act = act_grad = raw = grads = count = 0
-    for u in range(pipeline.units_per_step(spec)):
-        place = pipeline.place_of(spec, u)
-        inputs = [decode_bundle(handed[src] if gradient else results[src]) for src, gradient in pipeline.input_units(spec, u)]
-        out = compute_stage_unit(model, spec, data, step, u, states[place.stage], inputs)
-        results[u] = out.result
-        count += 1
-        if place.phase == PHASE_FORWARD:
-            act += len(out.result)
-            raw += sum(t.numel() * t.element_size() for t in decode_bundle(out.result).values())
-        else:
-            grads += len(out.result)
-        if out.gradient is not None:
-            handed[u] = out.gradient
-            act_grad += len(out.gradient)
-            raw += sum(t.numel() * t.element_size() for t in decode_bundle(out.gradient).values())
-            count += 1
-    return StepBlobs(act, act_grad, raw, grads, count)
+    states = [decode_bundle(b) for b in encode_stage_states(build_model(spec.model, seed=spec.seed, dtype=dtype), spec)]
+    results, handed = run_units(build_model_skeleton(spec.model, dtype=dtype), spec, data, step, states,
+                                range(pipeline.units_per_step(spec)))
+
+    def raw_bytes(bundle: bytes) -> int:
+        return sum(t.numel() * t.element_size() for t in decode_bundle(bundle).values())
+
+    forward = [u for u in results if pipeline.place_of(spec, u).phase == PHASE_FORWARD]
+    act = sum(len(results[u]) for u in forward)
+    grads = sum(len(b) for u, b in results.items() if u not in forward)
+    act_grad = sum(len(b) for b in handed.values())
+    raw = sum(raw_bytes(results[u]) for u in forward) + sum(raw_bytes(b) for b in handed.values())
+    return StepBlobs(act, act_grad, raw, grads, len(results) + len(handed))
 
 
 # ---------------------------------------------------------------------------
@@ -415,14 +427,24 @@ def compute_step_blobs(spec: JobSpec, dataset: bytes, step: int = 0) -> StepBlob
 
 
 def memory_spec(hidden: int, whole: bool) -> JobSpec:
-    """The job's spec with an MLP of width ``hidden``; ``whole``: one stage holding every layer (S = 1)."""
+    """The job's spec with an MLP of width ``hidden``; ``whole``: one stage holding every layer (S = 1).
+
+    The wide model (``WIDE_HIDDEN``) has four square hidden layers between its
+    thin input and output layers, cut (0, 2, 3, 4, 6), so each of its four
+    stages holds a quarter of the parameters and 1/S can be read off.
+    """
     from tdml_node.work.jobs import get_job
     from tdml_node.work.models import make_model_spec
 
     spec, _ = get_job(JOB, steps=1)
     layout = spec.pipeline
     assert layout is not None
-    spec = dataclasses.replace(spec, model=make_model_spec("mlp", in_dim=64, hidden=hidden, layers=3, classes=10))
+    if hidden == WIDE_HIDDEN:
+        model = make_model_spec("mlp", in_dim=64, hidden=hidden, layers=5, classes=10)
+        layout = PipelineSpec((0, 2, 3, 4, 6), layout.micro_batches)
+    else:
+        model = make_model_spec("mlp", in_dim=64, hidden=hidden, layers=3, classes=10)
+    spec = dataclasses.replace(spec, model=model, pipeline=layout)
     if whole:
         bounds = layout.layer_bounds
         spec = dataclasses.replace(spec, pipeline=PipelineSpec((bounds[0], bounds[-1]), layout.micro_batches))
@@ -430,19 +452,24 @@ def memory_spec(hidden: int, whole: bool) -> JobSpec:
 
 
 def _memory_probe(case: str, hidden: int) -> dict[str, Any]:
-    """Peak-RSS rise of one case: ``whole`` (the S = 1 unit) or ``stage<s>`` (shard 0's units of stage s).
+    """What a stage trainer's process takes on for one case: ``whole`` (the S = 1 unit) or ``stage<s>``.
 
-    Before the baseline: imports, the dataset, the whole model (a node builds
-    it whole, then loads its stage), the stage's decoded state bundle and the
-    decoded inputs the units read (computed by the units before them). Then
-    freed memory is handed back (``malloc_trim``), the peak is reset to the
-    current RSS (``/proc/self/clear_refs``, 5), the case's units run, and the
-    peak is read again.
+    Unmeasured first: step 0 is trained (every unit) and aggregated, so the
+    state the case reads at step 1 carries its optimizer state (momentum), as
+    a committed bundle does; shard 0's units before the case's are run for
+    the inputs it reads, and the case's units once (first-call costs). Then
+    everything but the dataset and the bytes the trainer would fetch (its
+    stage's bundle, its inputs) is dropped, freed memory is handed back
+    (``malloc_trim``), and the peak is reset to the current RSS
+    (``/proc/self/clear_refs``, 5). Measured: what the node does, decode the
+    stage bundle, build the skeleton model, decode each unit's inputs and run
+    the unit; the peak is read after.
     """
     from consensus import pipeline
     from tdml_node.work.datasets import Dataset
     from tdml_node.work.jobs import get_job
-    from tdml_node.work.models import build_model
+    from tdml_node.work.models import build_model, build_model_skeleton
+    from tdml_node.work.pipeline_exec import aggregate_step
     from tdml_node.work.pipeline_state import encode_stage_states
     from tdml_node.work.profile import apply_profile, torch_dtype
     from tdml_node.work.stage import stage_parameter_names
@@ -458,41 +485,37 @@ def _memory_probe(case: str, hidden: int) -> dict[str, Any]:
     data = Dataset.decode(dataset, task=spec.task, seq_len=spec.seq_len, dtype=dtype)
     model = build_model(spec.model, seed=spec.seed, dtype=dtype)
     states = [decode_bundle(b) for b in encode_stage_states(model, spec)]
+    skeleton = build_model_skeleton(spec.model, dtype=dtype)
+    results, _ = run_units(skeleton, spec, data, 0, states, range(pipeline.units_per_step(spec)))
+    step0 = aggregate_step(model, spec, 0, states, [decode_bundle(results[u]) for u in sorted(results)], data)
+    bundles = step0.blobs[:-1]  # the stage bundles; the last blob is the PipelineState naming them
+    states = [decode_bundle(b) for b in bundles]
     mine = [u for u in range(pipeline.units_per_shard(spec)) if pipeline.place_of(spec, u).stage == stage]
-    results: dict[int, bytes] = {}
-    handed: dict[int, bytes] = {}
-    # The units before the stage's last one in shard 0's chain: its backward unit reads the gradient
-    # handed on by the unit just before it.
-    for u in range(mine[-1]):
-        place = pipeline.place_of(spec, u)
-        ins = [decode_bundle(handed[s] if g else results[s]) for s, g in pipeline.input_units(spec, u)]
-        out = compute_stage_unit(model, spec, data, 0, u, states[place.stage], ins)
-        results[u] = out.result
-        if out.gradient is not None:
-            handed[u] = out.gradient
-    inputs = {u: [decode_bundle(handed[s] if g else results[s]) for s, g in pipeline.input_units(spec, u)] for u in mine}
-    # A first, unmeasured run of the case's units pays the process's first-call costs (autograd's engine, kernels).
-    warm = [compute_stage_unit(model, spec, data, 0, u, states[stage], inputs[u]) for u in mine]
-    del warm
-    for p in model.parameters():
-        p.grad = None
+    results, handed = run_units(skeleton, spec, data, 1, states, range(mine[-1]))
+    fetched = {u: [handed[src] if g else results[src] for src, g in pipeline.input_units(spec, u)] for u in mine}
+    for u in mine:  # first-call costs (autograd's engine, kernels), unmeasured
+        compute_stage_unit(skeleton, spec, data, 1, u, states[stage], [decode_bundle(b) for b in fetched[u]])
+    stage_bundle = bundles[stage]
+    stage_params = sum(p.numel() for n, p in model.named_parameters() if n in set(stage_parameter_names(model, spec, stage)))
+    model_params = sum(p.numel() for p in model.parameters())
+    del model, states, results, handed, step0, bundles, skeleton
     gc.collect()
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     Path("/proc/self/clear_refs").write_text("5")
     base_rss = vm_kib("self", "VmRSS")
-    base_hwm = vm_kib("self", "VmHWM")
-    outputs = [compute_stage_unit(model, spec, data, 0, u, states[stage], inputs[u]) for u in mine]
+    state = decode_bundle(stage_bundle)
+    skeleton = build_model_skeleton(spec.model, dtype=dtype)
+    outputs = [compute_stage_unit(skeleton, spec, data, 1, u, state, [decode_bundle(b) for b in fetched[u]]) for u in mine]
     peak = vm_kib("self", "VmHWM")
-    params = dict(model.named_parameters())
-    stage_params = sum(params[n].numel() for n in stage_parameter_names(model, spec, stage))
     return {
         "case": case,
         "hidden": hidden,
         "units": len(mine),
         "stage_parameters": stage_params,
-        "model_parameters": sum(p.numel() for p in model.parameters()),
+        "model_parameters": model_params,
+        "stage_bundle_bytes": len(stage_bundle),
+        "input_bytes": sum(len(b) for bs in fetched.values() for b in bs),
         "baseline_rss_kib": base_rss,
-        "baseline_hwm_after_reset_kib": base_hwm,
         "peak_kib": peak,
         "rise_kib": peak - base_rss,
         "output_bytes": sum(len(o.result) + len(o.gradient or b"") for o in outputs),
@@ -580,8 +603,8 @@ def run(settings: Settings, steps: int | None = None) -> BenchResult:
         res.row("peak RSS per process, largest (VmHWM)", "MiB").add(net_peak)
     for hidden, cases in memory.items():
         largest = max((c for c in cases if c != "whole"), key=lambda c: cases[c]["rise_kib"])
-        res.row(f"unit peak-RSS rise, hidden {hidden}: one stage's units (largest: {largest}, its units of shard 0)",
-                "MiB", baseline_label="one whole-model unit (S = 1), shard 0").add(
+        res.row(f"stage trainer's peak-RSS rise, hidden {hidden}: its stage's state, inputs and units "
+                f"(largest: {largest}, shard 0)", "MiB", baseline_label="the whole model as one stage (S = 1), shard 0").add(
             cases[largest]["rise_kib"] / 1024, cases["whole"]["rise_kib"] / 1024)
     train_s, verify_s = sum(net.training_seconds), sum(net.verification_seconds)
     res.row("verification ÷ training seconds, summed over the nodes", "ratio").add(
@@ -618,9 +641,11 @@ def run(settings: Settings, steps: int | None = None) -> BenchResult:
     else:
         res.facts["torch pipelining error"] = torch_error
     for hidden, cases in memory.items():
-        res.facts[f"unit peak-RSS rise, hidden {hidden}, MiB"] = [
+        res.facts[f"stage trainer's peak-RSS rise, hidden {hidden}, MiB"] = [
             f"{c} {cases[c]['rise_kib'] / 1024:.2f}" for c in cases]
         res.facts[f"parameters held, hidden {hidden}"] = [f"{c} {cases[c]['stage_parameters']:,}" for c in cases]
+        res.facts[f"stage state bundle bytes fetched, hidden {hidden}"] = [
+            f"{c} {cases[c]['stage_bundle_bytes']:,}" for c in cases]
         res.facts[f"output bundle bytes of the probed units, hidden {hidden}"] = [
             f"{c} {cases[c]['output_bytes']:,}" for c in cases]
     res.notes = [
@@ -647,16 +672,17 @@ def run(settings: Settings, steps: int | None = None) -> BenchResult:
         "and input gradient (sent back), per step.",
         "Peak RSS per process: VmHWM of /proc/<pid>/status of each node process read after the last step, before the "
         "nodes stop (a node also holds consensus, storage and RPC state), and of each torch process at its end.",
-        "Unit peak-RSS rise: a fresh process per case (glibc mmap threshold fixed at 64 KiB so freed tensors leave RSS); "
-        "after imports, dataset, the whole model built (as a node builds it), the stage's decoded state and the "
-        "decoded inputs, one unmeasured run of the case's units (first-call costs), malloc_trim(0) and a reset of the "
-        "peak (echo 5 > /proc/self/clear_refs); then shard 0's units of the stage run again (forward and backward; "
-        "the last stage: its one unit), and the rise of VmHWM over the baseline RSS is reported: gradients, autograd "
-        "buffers, activations and the output bundles. 'whole' is one S = 1 unit of the same model and micro-batches. "
-        "The job's own model (hidden 128, 42,634 parameters) is small beside the allocator's granularity and the "
-        f"process (several hundred MiB of interpreter and torch), so the same job with a wide MLP (hidden {WIDE_HIDDEN}, "
-        "via dataclasses.replace of its ModelSpec) is measured too; the baseline excludes the model itself, which a "
-        "node builds whole.",
+        "Stage trainer's peak-RSS rise: a fresh process per case (glibc mmap threshold fixed at 64 KiB so freed "
+        "tensors leave RSS). Unmeasured: step 0 trained and aggregated (so the step-1 stage bundle holds SGD momentum, "
+        "as a committed one does), shard 0's units before the case's run for its inputs, the case's units run once "
+        "(first-call costs), everything but the dataset and the fetched bytes (the stage's bundle, the inputs) "
+        "dropped, malloc_trim(0), the peak reset (echo 5 > /proc/self/clear_refs). Measured, as the node does it: "
+        "decode the stage bundle, build the skeleton model (meta device), decode each unit's inputs and run shard "
+        "0's units of the stage (forward and backward; the last stage: its one unit); the rise of VmHWM over the "
+        "baseline RSS is reported. 'whole' is the same for the whole model as one stage (S = 1). The job's own "
+        "model (hidden 128, 42,634 parameters) is small beside the allocator's granularity, so the same job with a "
+        f"wide MLP (hidden {WIDE_HIDDEN}, 5 hidden layers, cut (0, 2, 3, 4, 6) so each stage holds a quarter of the "
+        "parameters; via dataclasses.replace of its spec) is measured too.",
         "Verification ÷ training: the rise, over the job's span, of the tdml_verification_seconds and "
         "tdml_training_seconds histogram sums of every node's /metrics, summed over the nodes.",
     ]
@@ -707,12 +733,13 @@ def what_this_shows(section: dict[str, Any]) -> str:
                      f"bundles) are {act['ratio_ours_over_baseline']['median']:.3f}× the tensor bytes GPipe sends "
                      "between stages: the same tensors plus the bundles' framing, before each blob is fetched by its "
                      "readers and replayers.")
-    mem = [r for r in section["rows"] if r["label"].startswith("unit peak-RSS rise")]
+    mem = [r for r in section["rows"] if r["label"].startswith("stage trainer's peak-RSS rise")]
     if mem:
         texts = [f"{r['ratio_ours_over_baseline']['median']:.2f}× (hidden {r['label'].split('hidden ')[1].split(':')[0]})"
                  for r in mem]
-        parts.append(" One stage's units raised a fresh process's peak RSS by " + " and ".join(texts)
-                     + " what one whole-model unit of the same model did")
+        parts.append(" A stage trainer's work for its largest stage (its committed bundle, inputs and units) raised a "
+                     "fresh process's peak RSS by " + " and ".join(texts) + " what the same work for the whole "
+                     "model as one stage did")
         peak = ours("peak RSS per process")
         if peak is not None:
             parts.append(f", while each node process peaked at up to {peak['ours']['median']:.0f} MiB, most of it "
