@@ -38,6 +38,7 @@ from consensus.types import (
     PREPROCESS_STANDARDIZE,
     ROLE_TRAINER,
     ROLE_VALIDATOR,
+    SEALED_KEY_BYTES,
     Account,
     Address,
     Amount,
@@ -320,6 +321,9 @@ def process_submit_job(
         raise InvalidTransaction("too many unfinished jobs")
     if payload.budget > acct.balance:
         raise InvalidTransaction("balance does not cover the job's budget")
+    problem = key_shares_problem(payload)
+    if problem is not None:
+        raise InvalidTransaction(f"invalid job: {problem}")
     if work is not None:
         try:
             root = work.initial_model_root(payload.spec)
@@ -348,8 +352,23 @@ def process_submit_job(
         escrow=payload.budget,
         last_outcome=None,
         finished_height=Height(0),
+        key_shares=payload.key_shares,
     )
     state.jobs[job_id] = start_step(state, job, ctx)
+
+
+def key_shares_problem(payload: SubmitJob) -> str | None:
+    """Why the job's key shares cannot stand (None when they can): a private job names each recipient once."""
+    shares = payload.key_shares
+    if not payload.spec.private:
+        return "a public job carries no key shares" if shares else None
+    if not shares:
+        return "a private job seals its data key to at least one member"
+    if len({s.recipient for s in shares}) != len(shares):
+        return "a private job seals its data key to each member once"
+    if any(len(s.sealed_key) != SEALED_KEY_BYTES for s in shares):
+        return f"a key share is a {SEALED_KEY_BYTES}-byte sealed box"
+    return None
 
 
 def validate_job_spec(spec: JobSpec) -> None:

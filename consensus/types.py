@@ -47,6 +47,10 @@ MAX_INNER_STEPS = 256
 MAX_SHARDS = 256
 MAX_VALIDATORS = 256
 MAX_STAGES = 128
+MAX_KEY_SHARES = 512
+"""A private job's data key is sealed to at most this many members (validators plus trainers)."""
+SEALED_KEY_BYTES = 80
+"""A 32-byte data key in a libsodium sealed box (32-byte ephemeral key, 16-byte tag)."""
 
 # ---------------------------------------------------------------------------
 # Job specification
@@ -169,7 +173,7 @@ class PipelineSpec:
     micro_batches: Annotated[int, IntRange(1, 1 << 16)]
 
 
-@message(17, version=3)
+@message(17, version=4)
 @dataclass(frozen=True, slots=True)
 class JobSpec:
     """A training job: what to train, on what, how, and how its work is checked and paid.
@@ -182,7 +186,9 @@ class JobSpec:
     through (None: none), for whoever uses the trained model on raw input.
     Version 2 added it. ``pipeline`` splits the model into stages trained
     by different trainers (None: every unit trains the whole model); version
-    3 added it.
+    3 added it. ``private``: the dataset blob is a sealed envelope whose key
+    only the job's key shares open (``SubmitJob.key_shares``); version 4
+    added it.
     """
 
     name: Annotated[str, MaxLen(64)]
@@ -206,6 +212,7 @@ class JobSpec:
     reward_per_verdict: Amount
     preprocessing: Preprocessing | None = None
     pipeline: PipelineSpec | None = None
+    private: bool = False
 
 
 # ---------------------------------------------------------------------------
@@ -229,7 +236,16 @@ class RegisterNode:
     endpoint: Annotated[str, MaxLen(128)]
 
 
-@message(3)
+@message(72)
+@dataclass(frozen=True, slots=True)
+class KeyShare:
+    """A private job's data key sealed to one member, by its node key."""
+
+    recipient: PublicKey
+    sealed_key: Annotated[bytes, MaxLen(SEALED_KEY_BYTES)]
+
+
+@message(3, version=2)
 @dataclass(frozen=True, slots=True)
 class SubmitJob:
     """Post a job; ``budget`` is escrowed from the sender's balance and pays rewards.
@@ -237,11 +253,14 @@ class SubmitJob:
     ``initial_model_root`` is the submitter's claim of the root of the
     initialised model; validators recompute it, so a node that trusts
     certified blocks can follow the chain without running the model.
+    ``key_shares`` (a private job only) seal the dataset's key to each
+    member the submitter chose; version 2 added them.
     """
 
     spec: JobSpec
     budget: Amount
     initial_model_root: Hash32
+    key_shares: Annotated[tuple[KeyShare, ...], MaxLen(MAX_KEY_SHARES)] = ()
 
 
 @message(4)
@@ -582,14 +601,15 @@ class PipelineState:
     stage_roots: Annotated[tuple[Hash32, ...], MaxLen(MAX_STAGES)]
 
 
-@message(63, version=2)
+@message(63, version=3)
 @dataclass(frozen=True, slots=True)
 class JobState:
     """A job's progress. Slots are indexed by unit (the shard, or ``consensus.pipeline``'s unit index).
 
     ``output_gradients`` holds, for a pipeline job, the gradient each
     accepted unit handed on (``StageLinks.output_gradient``); it is empty for
-    other jobs. Version 2 added it.
+    other jobs. Version 2 added it. ``key_shares`` are a private job's
+    (``SubmitJob.key_shares``); version 3 added them.
     """
 
     job_id: Hash32
@@ -609,6 +629,7 @@ class JobState:
     last_outcome: StepOutcome | None
     finished_height: Height
     output_gradients: Annotated[tuple[Hash32 | None, ...], MaxLen(MAX_SHARDS)] = ()
+    key_shares: Annotated[tuple[KeyShare, ...], MaxLen(MAX_KEY_SHARES)] = ()
 
 
 @message(64)

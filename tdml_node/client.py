@@ -25,6 +25,7 @@ from consensus.types import (
     Amount,
     Hash32,
     JobSpec,
+    KeyShare,
     RegisterNode,
     SignedTransaction,
     SubmitJob,
@@ -167,8 +168,8 @@ def make_submit_job(
     budget: int,
     initial_model_root: bytes,
     fee: int = 0,
+    key_shares: tuple[KeyShare, ...] = (),
 ) -> SignedTransaction:
-    tx = Transaction(
-        keypair.public_key, nonce, Amount(fee), SubmitJob(spec, Amount(budget), Hash32(initial_model_root))
-    )
+    payload = SubmitJob(spec, Amount(budget), Hash32(initial_model_root), key_shares)
+    tx = Transaction(keypair.public_key, nonce, Amount(fee), payload)
     return sign_transaction(keypair, chain_id, tx)

@@ -234,8 +234,10 @@ def running_devnet(devnet: Devnet) -> Iterator[Devnet]:
         devnet.stop_all()
 
 
-def submit_job(client: NodeClient, key: Keypair, chain_id: str, spec: JobSpec, dataset: bytes) -> str:
-    """Upload the dataset and post the job with a budget for every unit; returns the job id (hex)."""
+def submit_job(
+    client: NodeClient, key: Keypair, chain_id: str, spec: JobSpec, dataset: bytes, *, private: bool = False
+) -> str:
+    """Upload the dataset (sealed, for a ``private`` job) and post the job with a budget for every unit; its id (hex)."""
     from tdml_node.sdk import submit_spec
 
-    return submit_spec(client, key, spec, dataset, chain_id=chain_id)
+    return submit_spec(client, key, spec, dataset, chain_id=chain_id, private=private)

@@ -19,18 +19,20 @@ pair it was given; it only talks to a node through ``NodeClient``.
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from consensus import crypto
 from consensus.codec import decode_as
 from consensus.crypto import Keypair
 from consensus.transition import compute_job_id
-from consensus.types import JobSpec
+from consensus.types import JobSpec, KeyShare, PublicKey
 from tdml_node.client import NodeClient, make_submit_job
 from tdml_node.config import load_config
 from tdml_node.keys import read_key_file
@@ -74,15 +76,26 @@ def submit_spec(
     dataset: bytes | None,
     budget: int | None = None,
     chain_id: str | None = None,
+    *,
+    private: bool = False,
+    members: Sequence[bytes] | None = None,
 ) -> str:
     """Upload the dataset (when given; else the node must hold ``spec.dataset``) and post the job; its id (hex).
 
     Without ``budget``, enough for every unit and its verdicts; without
-    ``chain_id``, the node's.
+    ``chain_id``, the node's. ``private``: the dataset goes up as a sealed
+    envelope under a fresh key, and the key is sealed to ``members`` (node
+    public keys; by default every validator and trainer the node knows), so
+    the node, its peers and its RPC users hold only ciphertext.
     """
     from tdml_node.storage import MemoryBlobStore
     from tdml_node.work.executor import TorchExecutor
 
+    shares: tuple[KeyShare, ...] = ()
+    if private:
+        if dataset is None:
+            raise ValueError("a private job is sealed from its dataset: give the dataset's bytes")
+        spec, dataset, shares = seal_job(spec, dataset, members if members is not None else job_members(node))
     if dataset is not None:
         node.put_blob(dataset)
     root = TorchExecutor(MemoryBlobStore()).initial_model_root(spec)
@@ -90,9 +103,28 @@ def submit_spec(
         budget = spec.steps * spec.shards * (spec.reward_per_unit + 4 * spec.reward_per_verdict)
     if chain_id is None:
         chain_id = str(node.call("tdml_nodeInfo")["chainId"])
-    signed = make_submit_job(key, chain_id, node.next_nonce(key), spec, budget, root)
+    signed = make_submit_job(key, chain_id, node.next_nonce(key), spec, budget, root, key_shares=shares)
     node.send_transaction(signed)
     return "0x" + compute_job_id(signed.tx).hex()
+
+
+def job_members(node: NodeClient) -> list[bytes]:
+    """The node keys of every validator and trainer the node knows: whom a private job is sealed to."""
+    keys = [v["publicKey"] for v in node.call("tdml_validators")]
+    keys += [t["publicKey"] for t in node.call("tdml_trainers") if t["publicKey"]]
+    return sorted({bytes.fromhex(k[2:]) for k in keys})
+
+
+def seal_job(spec: JobSpec, dataset: bytes, members: Sequence[bytes]) -> tuple[JobSpec, bytes, tuple[KeyShare, ...]]:
+    """The private spec, the sealed dataset it names, and the data key sealed to each member."""
+    from tdml_node.work.sealed import new_data_key, seal_blob, seal_key
+
+    if not members:
+        raise ValueError("a private job needs at least one member to seal its key to")
+    data_key = new_data_key()
+    envelope = seal_blob(dataset, data_key)
+    shares = tuple(KeyShare(PublicKey(m), seal_key(data_key, m)) for m in sorted(set(members)))
+    return dataclasses.replace(spec, dataset=crypto.sha256(envelope), private=True), envelope, shares
 
 
 class Job:
@@ -171,13 +203,18 @@ class Client:
         else:
             self.key = read_key_file(Path(key), passphrase, allow_insecure=True)
 
-    def submit(self, spec: str | Path, data: str | Path | None = None, *, budget: int | None = None) -> Job:
-        """Submit the job of a spec file on ``data`` (a .npz, .csv or text file; None: the spec names a blob)."""
+    def submit(
+        self, spec: str | Path, data: str | Path | None = None, *, budget: int | None = None, private: bool = False
+    ) -> Job:
+        """Submit the job of a spec file on ``data`` (a .npz, .csv or text file; None: the spec names a blob).
+
+        ``private``: the data is sealed to the network's validators and trainers (``submit_spec``).
+        """
         from tdml_node.work.specfile import parse_spec_file
         from tdml_node.work.userdata import prepare_job
 
         job_spec, dataset = prepare_job(parse_spec_file(spec), data)
-        return Job(self.node, submit_spec(self.node, self.key, job_spec, dataset, budget))
+        return Job(self.node, submit_spec(self.node, self.key, job_spec, dataset, budget, private=private))
 
     def job(self, job_id: str) -> Job:
         return Job(self.node, job_id)

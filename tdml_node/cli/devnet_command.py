@@ -22,6 +22,7 @@ from rich.console import Console
 @click.option("--logs", "logs_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("devnet-logs"), show_default=True, help="Where the node logs go (one per node, kept after the run; the previous run's are replaced).")
 @click.option("--keep", is_flag=True, help="Keep the temporary node homes (LevelDB, keys, config) after the run.")
 @click.option("--no-reference", is_flag=True, help="Skip the single-process reference comparison.")
+@click.option("--private", is_flag=True, help="Submit the job private: its dataset sealed, its key sealed to the nodes (docs/privacy.md).")
 def devnet(
     nodes: int,
     steps: int | None,
@@ -32,6 +33,7 @@ def devnet(
     logs_dir: Path,
     keep: bool,
     no_reference: bool,
+    private: bool,
 ) -> None:
     """Start NODES local node processes, train a job on them, and report.
 
@@ -63,6 +65,7 @@ def devnet(
             keep=keep,
             check_reference=not no_reference,
             console=console,
+            private=private,
         )
     except DevnetError as exc:
         raise click.ClickException(str(exc)) from exc

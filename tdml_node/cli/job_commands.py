@@ -69,6 +69,12 @@ def job_presets(name: str | None, names: bool) -> None:
 @passphrase_option
 @click.option("--budget", type=int, help="Escrowed reward budget (default: enough for every unit).")
 @click.option(
+    "--private",
+    is_flag=True,
+    help="Seal the dataset: it goes up encrypted, its key sealed to every validator and trainer the node knows; "
+    "other peers, RPC users and a copy of a node's disk see only ciphertext (docs/privacy.md).",
+)
+@click.option(
     "--wait",
     "wait_s",
     type=click.FloatRange(0),
@@ -88,6 +94,7 @@ def job_submit(
     keys_dir: Path | None,
     passphrase_file: Path | None,
     budget: int | None,
+    private: bool,
     wait_s: float,
     url: str,
     rpc_token: str | None,
@@ -119,7 +126,9 @@ def job_submit(
         spec, dataset = load_preset(job_name, steps, text_path)
     key = load_named_key(key_ref, keys_dir, passphrase_file)
     client = blob_client(url, rpc_token, token_home)
-    job_id = submit_spec(client, key, spec, dataset, budget)
+    if private and dataset is None:
+        raise click.UsageError("--private seals the dataset you upload: give --data (or a preset) with it")
+    job_id = submit_spec(client, key, spec, dataset, budget, private=private)
     deadline = time.monotonic() + wait_s
     while wait_s and client.call("tdml_getJob", job_id) is None:
         if time.monotonic() > deadline:

@@ -169,6 +169,7 @@ def run_devnet(
     check_reference: bool,
     console: Console,
     timeout: float = 3600.0,
+    private: bool = False,
 ) -> DevnetReport:
     """The whole run; raises ``DevnetError`` when it fails and ``Stopped`` when a signal ends it."""
     start = time.monotonic()
@@ -200,12 +201,13 @@ def run_devnet(
                 watcher.phase = f"starting {nodes} node(s)"
                 wait_up(devnet, watcher, console)
                 watcher.phase = "uploading the dataset"
-                for node in devnet.nodes[1:]:
-                    node.client().put_blob(dataset)
+                if not private:  # a private job's envelope goes to node 0 only; the others fetch the ciphertext
+                    for node in devnet.nodes[1:]:
+                        node.client().put_blob(dataset)
                 watcher.phase = "submitting the job"
                 watcher.job_started = clock()
                 client = devnet.nodes[0].client()
-                job_id = submit_job(client, devnet.client_key, devnet.genesis.chain_id, spec, dataset)
+                job_id = submit_job(client, devnet.client_key, devnet.genesis.chain_id, spec, dataset, private=private)
                 watcher.job_id = job_id
                 watcher.phase = "training"
                 say(console, f"submitted job {job_id}")
@@ -213,7 +215,9 @@ def run_devnet(
             if not console.is_terminal:
                 say(console, progress_line(final))
             blocks = client.call("tdml_blockNumber")
-            model_root = client.call("tdml_getJob", job_id)["modelRoot"]
+            done = client.call("tdml_getJob", job_id)
+            model_root = done["modelRoot"]
+            sealed_to = int(done["sealedTo"]) if private else None
             out.parent.mkdir(parents=True, exist_ok=True)
             export_model(spec, client.get_blob(model_root), out, lambda d: client.get_blob(d.hex()))
         finally:
@@ -239,4 +243,5 @@ def run_devnet(
         reference_root=reference_root,
         model_path=out,
         homes=base if keep_homes else None,
+        sealed_to=sealed_to,
     )

@@ -108,6 +108,8 @@ class DevnetReport:
     model_path: Path | None
     homes: Path | None
     """Where the node homes were kept; None when they were removed."""
+    sealed_to: int | None = None
+    """A private job's: how many nodes its data key was sealed to; None for a public job."""
 
     @property
     def matches_reference(self) -> bool | None:

@@ -163,6 +163,7 @@ def report_table(report: DevnetReport) -> Table:
         ("final train loss", fmt_float(job.train_loss if job else None)),
         ("test accuracy", fmt_float(job.test_accuracy if job else None, pct=True)),
         ("units verified / rejected", f"{verified} / {rejected}"),
+        *((("data", f"private: sealed, its key sealed to {report.sealed_to} nodes"),) if report.sealed_to is not None else ()),
         *(
             (f"stage {st.index}", f"{_layers(st)}, trained by {_trainers(st)}, {st.estimated_mb:.2f} MiB estimated")
             for st in (job.stages if job is not None else ())

@@ -27,6 +27,7 @@ from tdml_node.duties import Duties, DutyContext
 from tdml_node.metrics import ChainReads, NodeMetrics
 from tdml_node.node.handlers import PeerHandlers
 from tdml_node.node.intake import TransactionIntake
+from tdml_node.node.keyring import KeyRing
 from tdml_node.node.model_holding import ModelHolding
 from tdml_node.node.node import InboxItem, Node, NodeHalted, NodeParts
 from tdml_node.node.peer_gate import PeerInboxGate
@@ -92,8 +93,10 @@ async def open_node(
             worker = WorkQueue()
         stack.callback(worker.close)
         network = network or NoNetwork()
-        executor = TorchExecutor(store, train_threads=config.train_threads)
+        keyring = KeyRing(keypair)
+        executor = TorchExecutor(store, train_threads=config.train_threads, data_key=keyring.key_for)
         chain = await offload(load_or_init_state, store, genesis, executor)
+        keyring.attach(lambda: chain.state)
         yield _assemble(
             config, keypair, genesis, store, executor, chain, network, seams, worker, offload, standin_after, wall_clock
         )

@@ -452,8 +452,9 @@ class Node:
         if result is None:
             result = parts.checker.result_for(block_hash)
         if result is None:
-            oracle = parts.holding.oracle(self._chain.validators())
-            result = await parts.runner.run(PRIORITY_CONSENSUS, apply_block, self.state, block, oracle)
+            result = await parts.runner.run(
+                PRIORITY_CONSENSUS, parts.holding.apply_certified, self.state, block, self._chain.validators()
+            )
         states = [step_state(parts.store, result.state, o) for o in result.completed]
         blobs = [b for s in states for b in s.blobs]
         started = time.perf_counter()

@@ -16,6 +16,7 @@ from typing import Any
 
 from consensus import crypto
 from consensus.codec import DecodeError, decode_as, encode
+from consensus.state import get_trainers
 from consensus.transition import compute_block_hash
 from consensus.types import (
     FalsePass,
@@ -84,6 +85,7 @@ class RpcMethods:
             "tdml_getAccount": Method(self.get_account, (Param("address", parse_address),)),
             "tdml_getTrainer": Method(self.get_trainer, (Param("address", parse_address),)),
             "tdml_validators": Method(self.validators, ()),
+            "tdml_trainers": Method(self.trainers, ()),
             "tdml_sendRawTransaction": Method(self.send_raw_transaction, (Param("tx", parse_raw),)),
             "tdml_getModel": Method(self.get_model, (Param("job", parse_hash),)),
             "tdml_nodeInfo": Method(self.node_info, ()),
@@ -267,6 +269,15 @@ class RpcMethods:
             {"publicKey": hex0x(e.public_key), "address": hex0x(crypto.address_of(e.public_key)), "power": e.power}
             for e in self.node.chain.validators().entries
         ]
+
+    async def trainers(self) -> list[Any]:
+        """The trainers the next step would deal to (registered, staked, not slashed), with their keys."""
+        state = self.node.chain.state
+        out = []
+        for address in get_trainers(state):
+            key = state.get_account(address).public_key
+            out.append({"address": hex0x(address), "publicKey": hex0x(key) if key else None})
+        return out
 
     async def node_info(self) -> Any:
         node = self.node

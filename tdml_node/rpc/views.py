@@ -145,6 +145,8 @@ def job_view(job: JobState, last_eval: StepOutcome | None) -> dict[str, Any]:
         lastOutcome=outcome_view(job.last_outcome) if job.last_outcome is not None else None,
         lastEval=outcome_view(last_eval) if last_eval is not None else None,
         spec=to_json(job.spec),
+        # A private job's data key is sealed to this many members; the shares themselves are not shown.
+        sealedTo=len(job.key_shares),
     )
     return view
 

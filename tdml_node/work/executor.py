@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 import torch
@@ -72,6 +72,7 @@ from tdml_node.work.profile import (
     receipt_for,
     torch_dtype,
 )
+from tdml_node.work.sealed import NoDataKey, SealError, open_blob
 from tdml_node.work.stage_work import StageWork
 from tdml_node.work.state import ModelState, encode_state, load_state, parse_state
 from tdml_node.work.tensors import bundle_digest, decode_bundle
@@ -146,8 +147,11 @@ class TorchExecutor:
         train_threads: int = 0,
         state_cache: int = 8,
         dataset_cache: int = 4,
+        data_key: Callable[[JobSpec], bytes | None] | None = None,
     ) -> None:
         self.blobs = blobs
+        # A private job's dataset key, when this node holds a share of it (the node's key ring).
+        self._data_key = data_key or (lambda spec: None)
         self._stages = StageWork(blobs, self._blob)
         self._profile = profile
         # Training of tolerance jobs may use this node's own thread count (its
@@ -421,9 +425,22 @@ class TorchExecutor:
         cached = self._datasets.get(key)
         if isinstance(cached, Dataset):
             return cached
-        dataset = Dataset.decode(self._blob(spec.dataset), task=spec.task, seq_len=spec.seq_len, dtype=dtype, device=device)
+        raw = self._blob(spec.dataset)
+        if spec.private:
+            raw = self._open_private(spec, raw)
+        dataset = Dataset.decode(raw, task=spec.task, seq_len=spec.seq_len, dtype=dtype, device=device)
         self._datasets.put(key, dataset)
         return dataset
+
+    def _open_private(self, spec: JobSpec, envelope: bytes) -> bytes:
+        """A private job's plaintext dataset; ``NoDataKey`` when this node cannot read it."""
+        key = self._data_key(spec)
+        if key is None:
+            raise NoDataKey(f"this node holds no key share of private dataset {spec.dataset.hex()[:16]}")
+        try:
+            return open_blob(envelope, key)
+        except SealError as exc:
+            raise NoDataKey(f"private dataset {spec.dataset.hex()[:16]} does not open: {exc}") from exc
 
     def _model_state(self, root: Hash32, model: nn.Module, opt_spec: OptimizerSpec) -> ModelState:
         tensors = self._states.get(root)

@@ -68,6 +68,7 @@ from consensus.types import (
     JOB_STALLED,
     ROLE_TRAINER,
     ROLE_VALIDATOR,
+    SEALED_KEY_BYTES,
     Amount,
     Block,
     CommitSig,
@@ -77,6 +78,7 @@ from consensus.types import (
     Hash32,
     Height,
     JobState,
+    KeyShare,
     PipelineSpec,
     PublicKey,
     RegisterNode,
@@ -1068,3 +1070,36 @@ def test_a_pipeline_job_breaking_the_chain_rules_is_refused() -> None:
     spec = dataclasses.replace(_pipeline_spec(), pipeline=PipelineSpec((0, 1, 2, 3), 3))  # 8 rows in 3 micro-batches
     with pytest.raises(InvalidBlock, match="micro_batches"):
         advance(genesis_state(oracle), BodyParts(transactions=(submit_job_tx(spec, oracle),)), oracle)
+
+
+def _private_tx(private: bool, shares: tuple[KeyShare, ...]) -> SignedTransaction:
+    oracle = FakeOracle()
+    spec = dataclasses.replace(make_job_spec(), private=private)
+    return sign_tx(keypair(CLIENT), 0, SubmitJob(spec, Amount(10_000), oracle.initial_model_root(spec), shares))
+
+
+def _share(index: int, size: int = SEALED_KEY_BYTES) -> KeyShare:
+    return KeyShare(keypair(index).public_key, bytes(size))
+
+
+@pytest.mark.parametrize(("private", "shares", "match"), [
+    pytest.param(False, (_share(0),), "public job carries no key shares", id="public-with-shares"),
+    pytest.param(True, (), "at least one member", id="private-without-shares"),
+    pytest.param(True, (_share(0), _share(0)), "each member once", id="twice"),
+    pytest.param(True, (_share(0, 79),), "80-byte sealed box", id="short-share"),
+])
+def test_a_private_jobs_key_shares_must_name_each_member_once(
+    private: bool, shares: tuple[KeyShare, ...], match: str
+) -> None:
+    oracle = FakeOracle()
+    pre = genesis_state(oracle)
+    block = with_body(build_block(pre, work=oracle), transactions=(_private_tx(private, shares),))
+    assert_invalid(pre, block, oracle, match)
+
+
+def test_a_private_job_keeps_its_key_shares_in_its_state() -> None:
+    oracle = FakeOracle()
+    shares = (_share(0), _share(1))
+    post = advance(genesis_state(oracle), BodyParts(transactions=(_private_tx(True, shares),)), oracle)
+    (job,) = post.jobs.values()
+    assert job.spec.private and job.key_shares == shares

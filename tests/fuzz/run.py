@@ -27,14 +27,15 @@ import platform
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .common import ChunkResult, FuzzFailure, failure_from, rng_for
 
-TARGETS = ("codec", "session", "rpc", "http", "ws")
-SHARES = {"codec": 0.39, "session": 0.39, "rpc": 0.2, "http": 0.01, "ws": 0.01}
-CHUNK = {"codec": 25_000, "session": 25_000, "rpc": 50_000, "http": 10_000, "ws": 10_000}
+TARGETS = ("codec", "session", "rpc", "http", "ws", "sealed")
+SHARES = {"codec": 0.37, "session": 0.37, "rpc": 0.2, "http": 0.01, "ws": 0.01, "sealed": 0.04}
+CHUNK = {"codec": 25_000, "session": 25_000, "rpc": 50_000, "http": 10_000, "ws": 10_000, "sealed": 25_000}
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "fuzz_summary.json"
 RPC_INPUT_TIMEOUT = 30.0
 MAX_SUMMARY_HEX = 20_000
@@ -54,21 +55,32 @@ def _report(result: ChunkResult, failure: Any) -> None:
     print(failure.describe(), file=sys.stderr, flush=True)
 
 
-def run_codec(seed: int, start: int, count: int) -> ChunkResult:
-    from . import target_codec as t
-
-    result = ChunkResult(t.TARGET)
-    corpus = t.build_corpus(seed)
+def _run_offline(target: Any, seed: int, start: int, count: int, check: Callable[[Any, Any], str]) -> ChunkResult:
+    """Inputs of a target that needs no live node: its corpus, ``generate`` and ``check(corpus, input)``."""
+    result = ChunkResult(target.TARGET)
+    corpus = target.build_corpus(seed)
     started = time.perf_counter()
     for index in range(start, start + count):
-        inp = t.generate(corpus, rng_for(seed, t.TARGET, index))
+        inp = target.generate(corpus, rng_for(seed, target.TARGET, index))
         try:
-            result.outcomes[t.check(inp)] += 1
+            result.outcomes[check(corpus, inp)] += 1
         except Exception as exc:
-            _report(result, failure_from(exc, t.TARGET, seed, index, inp.data, inp.context()))
+            _report(result, failure_from(exc, target.TARGET, seed, index, inp.data, inp.context()))
         result.inputs += 1
     result.seconds = time.perf_counter() - started
     return result
+
+
+def run_codec(seed: int, start: int, count: int) -> ChunkResult:
+    from . import target_codec as t
+
+    return _run_offline(t, seed, start, count, lambda corpus, inp: t.check(inp))
+
+
+def run_sealed(seed: int, start: int, count: int) -> ChunkResult:
+    from . import target_sealed as t
+
+    return _run_offline(t, seed, start, count, t.check)
 
 
 def run_session(seed: int, start: int, count: int) -> ChunkResult:
@@ -161,7 +173,9 @@ def run_ws(seed: int, start: int, count: int) -> ChunkResult:
     return asyncio.run(run_socket_async("ws", seed, start, count))
 
 
-RUNNERS = {"codec": run_codec, "session": run_session, "rpc": run_rpc, "http": run_http, "ws": run_ws}
+RUNNERS = {
+    "codec": run_codec, "session": run_session, "rpc": run_rpc, "http": run_http, "ws": run_ws, "sealed": run_sealed,
+}
 
 
 def run_chunk(target: str, seed: int, start: int, count: int) -> ChunkResult:
@@ -172,7 +186,7 @@ def run_chunk(target: str, seed: int, start: int, count: int) -> ChunkResult:
 def plan(counts: dict[str, int]) -> list[tuple[str, int, int]]:
     """Chunks (target, start, count), longest-running first so two workers finish together."""
     chunks: list[tuple[str, int, int]] = []
-    for target in ("rpc", "http", "ws", "session", "codec"):
+    for target in ("rpc", "http", "ws", "session", "codec", "sealed"):
         total = counts.get(target, 0)
         for start in range(0, total, CHUNK[target]):
             chunks.append((target, start, min(CHUNK[target], total - start)))
@@ -258,6 +272,13 @@ def replay(spec: str, seed: int) -> int:
             sinp = ts.generate(corpus, rng)
             print(f"input: {sinp.frame.hex()}\ncontext: {sinp.context()}")
             print("outcome:", ts.check(corpus, sinp, reuse=False))
+        elif target == "sealed":
+            from . import target_sealed as tz
+
+            zcorpus = tz.build_corpus(seed)
+            zinp = tz.generate(zcorpus, rng)
+            print(f"input: {zinp.data.hex()}\ncontext: {zinp.context()}")
+            print("outcome:", tz.check(zcorpus, zinp))
         elif target == "rpc":
             asyncio.run(_replay_rpc(seed, index))
         elif target in ("http", "ws"):

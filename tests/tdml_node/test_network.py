@@ -87,10 +87,8 @@ def test_four_nodes_train_the_reference_model(tmp_path: Path) -> None:
     assert all(t["unitsVerified"] > 0 and t["unitsRejected"] == 0 for t in trainers)
 
 
-def join_late_trainer(devnet: Devnet, home: Path, extra: tuple[str, ...] = ()) -> tuple[DevnetNode, str]:
-    """A fifth node started mid-job from the genesis file, synced, funded and registered as a trainer.
-
-    ``extra``: more ``tdml-node run`` flags for it."""
+def start_late_node(devnet: Devnet, home: Path, extra: tuple[str, ...] = ()) -> DevnetNode:
+    """A fifth node started mid-job from the genesis file and synced; ``extra``: more ``tdml-node run`` flags."""
     client = devnet.nodes[0].client()
     rpc_port, p2p_port = free_port(), free_port()
     _cli("init", "--home", str(home), "--insecure-dev-key", "--rpc-port", str(rpc_port), "--p2p-port", str(p2p_port))
@@ -100,11 +98,16 @@ def join_late_trainer(devnet: Devnet, home: Path, extra: tuple[str, ...] = ()) -
     devnet.start(late, ["--bootstrap", f"127.0.0.1:{devnet.nodes[0].p2p_port}", "--dev", *extra])
     devnet.wait_ready()
     late_client = late.client()
-    info = late_client.call("tdml_nodeInfo")
-    late_address = info["address"]
-
     _wait(lambda: late_client.call("tdml_blockNumber") >= client.call("tdml_blockNumber") - 2, 120, "the late node to sync")
     assert _hash_at(late_client, 5) == _hash_at(client, 5)
+    return late
+
+
+def join_late_trainer(devnet: Devnet, home: Path, extra: tuple[str, ...] = ()) -> tuple[DevnetNode, str]:
+    """A fifth node started mid-job and synced (``start_late_node``), then funded and registered as a trainer."""
+    late = start_late_node(devnet, home, extra)
+    late_client = late.client()
+    late_address = late_client.call("tdml_nodeInfo")["address"]
     key_file = devnet.base / "client_key.json"
     _cli("transfer", "--key", str(key_file), "--to", late_address, "--amount", "200000", "--url", devnet.nodes[0].rpc_url)
     _wait(lambda: late_client.call("tdml_getAccount", late_address)["balance"] >= 200000, 60, "the transfer")

@@ -83,6 +83,9 @@ def test_the_report_uses_the_final_snapshot_clock_and_names_the_logs() -> None:
     assert re.search(r"total\s*│ 81\.5 s", text)
     assert "2.00 steps/s" in text and "20 / 1" in text and "equal bit for bit" in text
     assert "/tmp/logs" in text and "removed" in text
+    assert "sealed" not in text  # a public job's report says nothing of sealing
+    private = DevnetReport("0xabc", done, 81.5, 240, "0x01", "0x01", Path("m.safetensors"), None, sealed_to=4)
+    assert re.search(r"data\s*│ private: sealed, its key sealed to 4 nodes", _text(report_table(private), width=200))
 
 
 def test_roles_in_one_word() -> None:

@@ -271,15 +271,17 @@ async def test_the_node_is_pending_while_it_trains_and_until_its_check_is_done()
 # Checking
 
 
-def _designated_case(h: Harness) -> SignedWorkSubmission:
-    """A peer's unit that ``h.me`` is a designated checker of."""
-    for key in KEYS:
-        if key is h.me:
-            continue
-        signed = h.unit_by(key)
-        if h.me.public_key in h.slots_of(signed)[0]:
-            return signed
-    raise AssertionError("no unit for which we are designated")
+def _designated_case(seams: Seams) -> tuple[Harness, SignedWorkSubmission]:
+    """A harness and a peer's unit that its node is a designated checker of (which depends on the job's id)."""
+    for me in KEYS:
+        h = make_harness(me, seams=seams)
+        for key in KEYS:
+            if key is me:
+                continue
+            signed = h.unit_by(key)
+            if me.public_key in h.slots_of(signed)[0]:
+                return h, signed
+    raise AssertionError("no validator is a designated checker of another's unit")
 
 
 def _standin_case(h: Harness) -> SignedWorkSubmission | None:
@@ -294,20 +296,18 @@ def _standin_case(h: Harness) -> SignedWorkSubmission | None:
 
 
 async def test_a_designated_checker_replays_and_gossips_a_passing_verdict() -> None:
-    h = make_harness(KEYS[0], seams=_checking(PASSED))
-    unit = _designated_case(h)
-    await h.duties.on_submission(unit, origin=KEYS[1].public_key)
+    h, unit = _designated_case(_checking(PASSED))
+    await h.duties.on_submission(unit, origin=unit.submission.trainer)
     await h.settle()
     verdicts = [v for v in h.sent(SignedVerdict) if v.verdict.submission_id == submission_id(unit.submission)]
     assert len(verdicts) == 1 and verdicts[0].verdict.failure == FAILURE_NONE
-    assert verdicts[0].verdict.validator == KEYS[0].public_key
+    assert verdicts[0].verdict.validator == h.me.public_key
     assert unit in h.sent(SignedWorkSubmission)  # relayed on
 
 
 async def test_a_failing_replay_becomes_fraud_evidence_and_a_failing_verdict() -> None:
     failed = CheckResult(FAILURE_REPLAY, 0, Hash32(b"\xee" * 32), 1)
-    h = make_harness(KEYS[0], seams=_checking(failed))
-    unit = _designated_case(h)
+    h, unit = _designated_case(_checking(failed))
     await h.duties.on_submission(unit, origin=None)
     await h.settle()
     (verdict,) = [v for v in h.sent(SignedVerdict) if v.verdict.submission_id == submission_id(unit.submission)]
