@@ -109,6 +109,8 @@ FIELD_NOTES: dict[str, str] = {
     "SubmitJob.spec": "the job",
     "SubmitJob.budget": "escrowed from the sender's balance; pays the rewards, the rest returns when the job is done",
     "SubmitJob.key_shares": "(private jobs) the dataset's key sealed to each chosen member; empty for a public job",
+    "ShareDataKey.job": "the private job whose data key is shared",
+    "ShareDataKey.shares": "the key sealed to each new member (registered nodes without a share yet)",
     "KeyShare.recipient": "the member's node key (Ed25519); the share is sealed to its X25519 form",
     "KeyShare.sealed_key": "the 32-byte data key in a libsodium sealed box (crypto_box_seal) to the recipient",
     "SubmitJob.initial_model_root": "digest of the initialised model state, no optimizer state (§8.2.6); validators recompute it",

@@ -34,6 +34,7 @@ from consensus.state import BlockContext, LedgerDraft, LedgerState, get_validato
 from consensus.types import (
     JOB_ACTIVE,
     JOB_DONE,
+    MAX_KEY_SHARES,
     PRECOMMIT,
     PREPROCESS_STANDARDIZE,
     ROLE_TRAINER,
@@ -54,6 +55,7 @@ from consensus.types import (
     Preprocessing,
     PublicKey,
     RegisterNode,
+    ShareDataKey,
     SignedTransaction,
     StepOutcome,
     SubmitJob,
@@ -268,6 +270,9 @@ def process_transaction(state: LedgerDraft, ctx: BlockContext, signed: SignedTra
             process_register_node(state, sender, acct, payload)
         case SubmitJob():
             process_submit_job(state, ctx, tx, sender, acct, payload, work)
+        case ShareDataKey():
+            state.accounts[sender] = acct
+            process_share_data_key(state, tx.sender, payload)
         case _:  # pragma: no cover - the codec admits no other payload
             raise InvalidTransaction(f"unknown payload {type(payload).__name__}")
     if tx.fee:
@@ -369,6 +374,32 @@ def key_shares_problem(payload: SubmitJob) -> str | None:
     if any(len(s.sealed_key) != SEALED_KEY_BYTES for s in shares):
         return f"a key share is a {SEALED_KEY_BYTES}-byte sealed box"
     return None
+
+
+def process_share_data_key(state: LedgerDraft, sender: PublicKey, payload: ShareDataKey) -> None:
+    """A member adds shares of a private job's key for registered nodes that hold none (the job's later members)."""
+    job = state.jobs.get(payload.job)
+    if job is None or not job.spec.private:
+        raise InvalidTransaction("no private job with that id")
+    if job.status == JOB_DONE:
+        raise InvalidTransaction("the job is done; its key needs no new members")
+    members = {s.recipient for s in job.key_shares}
+    if sender not in members:
+        raise InvalidTransaction("only a member of the job may share its key")
+    new = [s.recipient for s in payload.shares]
+    if not new or len(set(new)) != len(new):
+        raise InvalidTransaction("a key share names each new member once")
+    if members & set(new):
+        raise InvalidTransaction("a recipient already holds a share of the job's key")
+    for share in payload.shares:
+        acct = state.get_account(crypto.address_of(share.recipient))
+        if acct.public_key != share.recipient or not acct.roles:
+            raise InvalidTransaction("a key share goes to a registered node only")
+        if len(share.sealed_key) != SEALED_KEY_BYTES:
+            raise InvalidTransaction(f"a key share is a {SEALED_KEY_BYTES}-byte sealed box")
+    if len(members) + len(new) > MAX_KEY_SHARES:
+        raise InvalidTransaction("the job's key is shared with as many members as it may be")
+    state.jobs[job.job_id] = dataclasses.replace(job, key_shares=(*job.key_shares, *payload.shares))
 
 
 def validate_job_spec(spec: JobSpec) -> None:

@@ -263,13 +263,27 @@ class SubmitJob:
     key_shares: Annotated[tuple[KeyShare, ...], MaxLen(MAX_KEY_SHARES)] = ()
 
 
+@message(73)
+@dataclass(frozen=True, slots=True)
+class ShareDataKey:
+    """A member of a private job seals its data key to nodes that joined after it was submitted.
+
+    The sender must already hold a share of the job's key; each recipient
+    must be a registered node without one. The chain cannot tell whether a
+    share opens, only who vouched for it: the sender.
+    """
+
+    job: Hash32
+    shares: Annotated[tuple[KeyShare, ...], MaxLen(MAX_KEY_SHARES)]
+
+
 @message(4)
 @dataclass(frozen=True, slots=True)
 class Transaction:
     sender: PublicKey
     nonce: int
     fee: Amount
-    payload: Transfer | RegisterNode | SubmitJob
+    payload: Transfer | RegisterNode | SubmitJob | ShareDataKey
 
 
 @message(5)

@@ -34,6 +34,7 @@ from tdml_node.node.peer_gate import PeerInboxGate
 from tdml_node.node.privval import PrivValidator
 from tdml_node.node.proposal_hold import ProposalHold
 from tdml_node.node.proposer import Proposer, ProposerTimings
+from tdml_node.node.resealer import Resealer
 from tdml_node.node.sync import Syncer
 from tdml_node.node.timeliness import Synchrony, TimelinessCheck
 from tdml_node.node.validator import ProposalChecker
@@ -98,7 +99,8 @@ async def open_node(
         chain = await offload(load_or_init_state, store, genesis, executor)
         keyring.attach(lambda: chain.state)
         yield _assemble(
-            config, keypair, genesis, store, executor, chain, network, seams, worker, offload, standin_after, wall_clock
+            config, keypair, genesis, store, executor, keyring, chain, network, seams, worker, offload, standin_after,
+            wall_clock,
         )
 
 
@@ -108,6 +110,7 @@ def _assemble(
     genesis: Genesis,
     store: ChainStore,
     executor: TorchExecutor,
+    keyring: KeyRing,
     chain: ChainHead,
     network: Network,
     seams: Seams,
@@ -217,4 +220,7 @@ def _assemble(
         inbox=inbox,
         stop=stop,
     )
-    return Node(config, keypair, genesis, parts)
+    node = Node(config, keypair, genesis, parts)
+    resealer = Resealer(keypair=keypair, keyring=keyring, intake=intake, spawn=tasks.spawn)
+    node.add_block_listener(resealer.on_commit)
+    return node

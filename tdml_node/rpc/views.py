@@ -19,6 +19,7 @@ from consensus.types import (
     CommitCertificate,
     JobState,
     RegisterNode,
+    ShareDataKey,
     SignedTransaction,
     StepOutcome,
     SubmitJob,
@@ -109,6 +110,8 @@ def receipt_view(signed: SignedTransaction, height: int, block_hash: bytes, inde
             effect = {"stake": payload.stake, "roles": role_names(payload.roles), "endpoint": payload.endpoint}
         case SubmitJob():
             effect = {"jobId": hex0x(compute_job_id(tx)), "budget": payload.budget}
+        case ShareDataKey():
+            effect = {"jobId": hex0x(payload.job), "newMembers": [hex0x(s.recipient) for s in payload.shares]}
     return {
         "transactionHash": hex0x(tx_hash(signed)),
         "blockNumber": height,

@@ -83,6 +83,7 @@ from consensus.types import (
     PublicKey,
     RegisterNode,
     Round,
+    ShareDataKey,
     Signature,
     SignedTransaction,
     SignedVerdict,
@@ -1103,3 +1104,32 @@ def test_a_private_job_keeps_its_key_shares_in_its_state() -> None:
     post = advance(genesis_state(oracle), BodyParts(transactions=(_private_tx(True, shares),)), oracle)
     (job,) = post.jobs.values()
     assert job.spec.private and job.key_shares == shares
+
+
+def _share_tx(sender: int, job_id: Hash32, shares: tuple[KeyShare, ...], nonce: int = 0) -> SignedTransaction:
+    return sign_tx(keypair(sender), nonce, ShareDataKey(job_id, shares))
+
+
+def _private_state() -> tuple[LedgerState, Hash32]:
+    oracle = FakeOracle()
+    post = advance(genesis_state(oracle), BodyParts(transactions=(_private_tx(True, (_share(VALIDATORS[0]),)),)), oracle)
+    (job,) = post.jobs.values()
+    return post, job.job_id
+
+
+def test_a_member_shares_a_private_jobs_key_with_a_registered_node_that_has_none() -> None:
+    state, job_id = _private_state()
+    newcomer = TRAINERS[0]  # registered at genesis, not sealed to
+    post = advance(state, BodyParts(transactions=(_share_tx(VALIDATORS[0], job_id, (_share(newcomer),)),)))
+    assert [s.recipient for s in post.jobs[job_id].key_shares] == [keypair(VALIDATORS[0]).public_key, keypair(newcomer).public_key]
+
+
+@pytest.mark.parametrize(("sender", "recipient", "match"), [
+    pytest.param(VALIDATORS[1], TRAINERS[0], "only a member", id="not-a-member"),
+    pytest.param(VALIDATORS[0], VALIDATORS[0], "already holds a share", id="already-a-member"),
+    pytest.param(VALIDATORS[0], OUTSIDER, "registered node only", id="unregistered"),
+])
+def test_a_key_share_from_a_non_member_to_a_member_or_to_a_stranger_is_refused(sender: int, recipient: int, match: str) -> None:
+    state, job_id = _private_state()
+    block = with_body(build_block(state), transactions=(_share_tx(sender, job_id, (_share(recipient),)),))
+    assert_invalid(state, block, None, match)

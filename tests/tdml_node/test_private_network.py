@@ -25,7 +25,7 @@ from tdml_node.storage import ChainStore
 from tdml_node.work import sealed
 from tdml_node.work.jobs import get_job
 from tdml_node.work.reference import run_reference
-from tests.tdml_node.test_network import SEED, _job_done, _wait, start_late_node
+from tests.tdml_node.test_network import SEED, _job_done, _wait, join_late_trainer, start_late_node
 
 pytestmark = pytest.mark.slow
 
@@ -78,3 +78,24 @@ def test_a_private_job_ends_at_the_reference_and_a_node_outside_it_cannot_read_i
         assert plain_digest not in blobs
         log = node.log_path.read_text(errors="replace")
         assert not any(s in log for s in spellings), f"node {node.index}'s log holds the data key"
+
+
+@pytest.mark.timeout(1200)
+def test_a_trainer_that_joins_a_private_job_mid_way_gets_its_key_from_a_member_and_the_job_ends_at_the_reference(
+    tmp_path: Path,
+) -> None:
+    spec, dataset = get_job("digits-mlp", steps=300)
+    spec = dataclasses.replace(spec, eval_every=300)
+    devnet = Devnet.create(tmp_path / "net", 4)
+    with running_devnet(devnet):
+        client = devnet.nodes[0].client()
+        job_id = submit_spec(client, devnet.client_key, spec, dataset, chain_id=devnet.genesis.chain_id, private=True)
+        _wait(lambda: (client.call("tdml_getJob", job_id) or {"step": 0})["step"] >= 5, 300, "the job to get going")
+        _, late_address = join_late_trainer(devnet, tmp_path / "late")
+        # No client is online: a member seals the key to the newcomer once it is registered.
+        _wait(lambda: client.call("tdml_getJob", job_id)["sealedTo"] == 5, 120, "a member to share the key")
+        _wait(lambda: client.call("tdml_getTrainer", late_address)["unitsVerified"] > 0, 300, "the newcomer's first accepted unit")
+        view = _wait(lambda: _job_done(client, job_id), 900, "the job to finish")  # a bound, not a figure
+        record = client.call("tdml_getTrainer", late_address)
+    assert record["unitsVerified"] > 0 and record["unitsRejected"] == 0 and record["timesSlashed"] == 0, f"seed {SEED}"
+    assert view["modelRoot"] == "0x" + run_reference(spec, dataset).final_root.hex(), f"seed {SEED}"

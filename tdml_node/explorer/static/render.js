@@ -82,6 +82,7 @@ export function readTransaction(signed) {
     case "Transfer": return ["transfer", `${payload.amount} to ${short(payload.to)}`];
     case "RegisterNode": return ["register node", `stake ${payload.stake}, roles ${payload.roles}, ${payload.endpoint}`];
     case "SubmitJob": return ["submit job", `${payload.spec.name}: ${payload.spec.steps} steps, budget ${payload.budget}`];
+    case "ShareDataKey": return ["share data key", `job ${short(payload.job)} to ${payload.shares.length} new member(s)`];
     default: return [payload.type, ""];
   }
 }
