@@ -67,10 +67,9 @@ from consensus.types import (
     ExecutionProfile,
     Hash32,
     JobSpec,
-    JobState,
     WorkSubmission,
 )
-from consensus.work import CheckResult, TrainedUnit, check_unit, replay_tolerance
+from consensus.work import CheckResult, StepView, TrainedUnit, check_unit, replay_tolerance
 from tdml_node.storage import MemoryBlobStore
 from tdml_node.work import unit
 from tdml_node.work.datasets import Dataset
@@ -109,7 +108,7 @@ Perturb = Callable[[str, torch.Tensor, float], torch.Tensor]
 class Honest:
     """One honest unit: the job state it was trained at, its shard, what it produced, its submission."""
 
-    job: JobState
+    job: StepView
     shard: int
     unit: TrainedUnit
     sub: WorkSubmission
@@ -138,7 +137,7 @@ def with_tolerance(spec: JobSpec, tolerance: str) -> JobSpec:
     return dataclasses.replace(spec, verification=dataclasses.replace(spec.verification, tolerance=Decimal(tolerance)))
 
 
-def submission(job: JobState, shard: int, trained: TrainedUnit, **changes: Any) -> WorkSubmission:
+def submission(job: StepView, shard: int, trained: TrainedUnit, **changes: Any) -> WorkSubmission:
     """The submission of a unit, with fields replaced for a forgery."""
     sub = WorkSubmission(
         job=job.job_id,
@@ -384,7 +383,7 @@ def run_attacks(run: Run, tolerance: str, trainer_profile: ExecutionProfile) -> 
     all_steps = tuple(range(h_steps))
     picks = attack_units(run)
 
-    def job_of(h: Honest) -> JobState:
+    def job_of(h: Honest) -> StepView:
         return dataclasses.replace(h.job, spec=spec)
 
     def check(h: Honest, sub: WorkSubmission, steps: Sequence[int] = all_steps) -> CheckResult:
@@ -611,12 +610,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seconds": round(time.perf_counter() - started, 1),
     }
     suffix = "" if args.trainer_device == "cpu" else f"-{args.trainer_device}"
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"tolerance{suffix}.json").write_text(json.dumps(doc, indent=2, default=str) + "\n", encoding="utf-8")
-    markdown = render_markdown(doc)
-    (args.out / f"tolerance{suffix}.md").write_text(markdown, encoding="utf-8")
-    print(markdown)
+    write_results(doc, args.out, f"tolerance{suffix}", render_markdown)
     return 0
+
+
+def write_results(doc: dict[str, Any], out: Path, stem: str, render: Callable[[dict[str, Any]], str]) -> None:
+    """``<stem>.json`` and ``<stem>.md`` (``render`` of the document) in ``out``; the Markdown is printed too."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(doc, indent=2, default=str) + "\n", encoding="utf-8")
+    markdown = render(doc)
+    (out / f"{stem}.md").write_text(markdown, encoding="utf-8")
+    print(markdown)
 
 
 # ---------------------------------------------------------------------------
@@ -634,21 +638,29 @@ def g(x: float | None) -> str:
     return f"{x:.3g}"
 
 
-def render_markdown(doc: dict[str, Any]) -> str:
-    m, s, jobs = doc["machine"], doc["settings"], doc["jobs"]
+def preamble(doc: dict[str, Any], title: str, command: str) -> list[str]:
+    """The title, machine and profile paragraphs a calibration's Markdown opens with."""
+    m, s = doc["machine"], doc["settings"]
     tp, vp = s["trainer_profile"], s["validator_profile"]
-    summary = doc["summary"]
-    lines = [
-        "# Cross-profile verification: tolerance calibration",
+    return [
+        f"# {title}",
         "",
         f"Machine: {m['cpus_usable']} CPUs ({m['cpu_model']}), {m['platform']}; Python {m['python']}, "
-        f"torch {m['torch']}. Run {m['date']}, {summary['seconds']} s. "
-        "Produced by `python -m benchmarks.calibrate_tolerance`.",
+        f"torch {m['torch']}. Run {m['date']}, {doc['summary']['seconds']} s. "
+        f"Produced by `{command}`.",
         "",
         f"Trainer profile: {tp['device']}, {tp['threads']} thread(s), {tp['dtype']}. "
         f"Validator (the jobs' profile): {vp['device']}, {vp['threads']} thread(s), {vp['dtype']}. "
         f"Distance: {s['distance']}. "
         f"Tolerance = {s['safety_factor']} × the largest honest distance, rounded up to a power of ten.",
+    ]
+
+
+def render_markdown(doc: dict[str, Any]) -> str:
+    s, jobs = doc["settings"], doc["jobs"]
+    summary = doc["summary"]
+    lines = [
+        *preamble(doc, "Cross-profile verification: tolerance calibration", "python -m benchmarks.calibrate_tolerance"),
         "",
         "## Honest units",
         "",
