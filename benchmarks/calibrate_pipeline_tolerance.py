@@ -82,6 +82,7 @@ from benchmarks.calibrate_tolerance import (
     choose_tolerance,
     distribution,
     false_accusations,
+    fixed_attack_row,
     g,
     lying_loss,
     one_element,
@@ -610,10 +611,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
                   "|---|---|---|---|---|"]
         for attack, a in j["attacks"].items():
             if a["kind"] == "fixed":
-                codes = sorted({str(u["failure"]) for u in a["units"]})
-                dists = [u["distance"] for u in a["units"] if u["distance"] is not None]
-                shown = f"min {g(min(dists))}" if dists else "–"
-                lines.append(f"| {attack} | {a['caught']} / {a['tried']} | {', '.join(codes)} | {shown} | {a['note']} |")
+                lines.append(fixed_attack_row(attack, a, lambda u: str(u["failure"])))
             else:
                 hi, lo = a["smallest_caught_max"], a["smallest_caught_min"]
                 shown = ("not caught up to ε = 10 on every unit" if hi is None

@@ -656,6 +656,14 @@ def preamble(doc: dict[str, Any], title: str, command: str) -> list[str]:
     ]
 
 
+def fixed_attack_row(attack: str, a: dict[str, Any], code: Callable[[dict[str, Any]], str]) -> str:
+    """The table row of a fixed forgery: units caught, their failure codes, the smallest distance of a caught one."""
+    codes = sorted({code(u) for u in a["units"]})
+    dists = [u["distance"] for u in a["units"] if u.get("distance") is not None]
+    shown = f"min {g(min(dists))}" if dists else "–"
+    return f"| {attack} | {a['caught']} / {a['tried']} | {', '.join(codes)} | {shown} | {a['note']} |"
+
+
 def render_markdown(doc: dict[str, Any]) -> str:
     s, jobs = doc["settings"], doc["jobs"]
     summary = doc["summary"]
@@ -716,10 +724,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
                   "|---|---|---|---|---|"]
         for attack, a in j["attacks"].items():
             if a["kind"] == "fixed":
-                codes = sorted({f"{u['failure']} ({u['failed_step']})" for u in a["units"]})
-                dists = [u["distance"] for u in a["units"] if "distance" in u]
-                shown = f"min {g(min(dists))}" if dists else "–"
-                lines.append(f"| {attack} | {a['caught']} / {a['tried']} | {', '.join(codes)} | {shown} | {a['note']} |")
+                lines.append(fixed_attack_row(attack, a, lambda u: f"{u['failure']} ({u['failed_step']})"))
             else:
                 lo, hi = a["smallest_caught_min"], a["smallest_caught_max"]
                 shown = "not caught up to ε = 10" if hi is None else f"ε ≥ {g(hi)} ({g(lo)})"

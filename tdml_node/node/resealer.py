@@ -86,13 +86,15 @@ class Resealer:
     def on_commit(self, committed: CommittedBlock) -> None:
         state = committed.state
         me = self.keypair.public_key
+        mine = [
+            j for j in sorted(state.jobs.values(), key=lambda j: j.job_id)
+            if j.status != JOB_DONE and j.spec.private and any(s.recipient == me for s in j.key_shares)
+        ]
+        if not mine:
+            return  # the common case, every commit: nothing of ours to share
         wanted = wanted_members(state)
-        for job in sorted(state.jobs.values(), key=lambda j: j.job_id):
-            if job.status == JOB_DONE or not job.spec.private:
-                continue
+        for job in mine:
             members = {s.recipient for s in job.key_shares}
-            if me not in members:
-                continue
             due = []
             for newcomer in (k for k in wanted if k not in members):
                 first = self._first_missing.setdefault((job.job_id, newcomer), state.height)

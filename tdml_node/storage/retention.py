@@ -46,7 +46,10 @@ class Retention:
             known = self._parts.get(root, ())
             if known or parts_of is None or job is None or job.spec.pipeline is None:
                 return known
-            return tuple(parts_of(root))
+            read = tuple(parts_of(root))
+            if read:
+                self._parts[root] = read  # read once: a root's blob never changes
+            return read
 
         gone_keys: set[tuple[bytes, int]] = set()
         for key in self._by_step:
